@@ -1,0 +1,126 @@
+"""The hooks: invalid answers fail cleanly, missing tools only warn, re-runs change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+from conftest import BIN, Baked, cli
+from cookiecutter.generate import generate_context
+from cookiecutter.hooks import run_hook_from_repo_dir
+from cookiecutter.prompt import prompt_for_config
+
+
+@pytest.mark.parametrize(
+    ("answer", "key"),
+    [
+        ("project_slug=Has Spaces", "project_slug"),
+        ("project_slug=../escape", "project_slug"),
+        ("author_email=not-an-email", "author_email"),
+        ("gpu_memory_gb=-4", "gpu_memory_gb"),
+        ("gpu_memory_gb=lots", "gpu_memory_gb"),
+        ("research_questions= ; ", "research_questions"),
+    ],
+)
+def test_invalid_answer_fails_with_one_line_and_no_folder(template, tmp_path, answer, key):
+    result = cli(template, tmp_path, answer)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: {key}: "), result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert not (template.parent / "escape").exists()
+
+
+def tools_dir(tmp_path, *names: str) -> str:
+    """A PATH holding only python and the named tools."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "python3", *names):
+        found = shutil.which(name) or str(BIN / name)
+        (bin_dir / name).symlink_to(found if name not in ("python", "python3") else sys.executable)
+    return str(bin_dir)
+
+
+def test_no_git_warns_and_still_generates(template, tmp_path):
+    out = tmp_path / "out"
+    result = cli(template, out, env={"PATH": tools_dir(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: git is not on PATH" in result.stderr and "git init -b main" in result.stderr
+    project = out / "induction-heads-study"
+    assert not (project / ".git").exists()
+    assert "1. Which heads implement induction?" in (project / "CLAUDE.md").read_text()
+
+
+def test_no_pre_commit_warns_and_commits(template, tmp_path):
+    out = tmp_path / "out"
+    result = cli(template, out, env={"PATH": tools_dir(tmp_path, "git")})
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: pre-commit is not on PATH" in result.stderr
+    assert "pre-commit install" in result.stderr
+    project = Baked(out / "induction-heads-study")
+    assert project.git("rev-list", "--count", "HEAD") == "1"
+    assert not (project.path / ".git" / "hooks" / "pre-commit").exists()
+
+
+def test_git_identity_falls_back_to_the_answers(template, tmp_path):
+    env = {"HOME": str(tmp_path), "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        env[var] = ""
+    clean_env = {k: v for k, v in {**os.environ, **env}.items() if v != ""}
+    out = tmp_path / "out"
+    result = cli(
+        template, out, "author_name=Ada Lovelace", "author_email=ada@example.org", env=clean_env
+    )
+    assert result.returncode == 0, result.stderr
+    project = Baked(out / "induction-heads-study")
+    assert project.git("log", "-1", "--format=%an <%ae>") == "Ada Lovelace <ada@example.org>"
+
+
+def test_post_gen_hook_is_idempotent(bake, template):
+    project = bake()
+    before = {name: project.read(name) for name in project.files()}
+    head = project.git("rev-parse", "HEAD")
+    context = generate_context(str(template / "cookiecutter.json"))
+    context = {"cookiecutter": prompt_for_config(context, no_input=True)}
+    run_hook_from_repo_dir(str(template), "post_gen_project", str(project.path), context, False)
+    assert {name: project.read(name) for name in project.files()} == before
+    assert project.git("rev-parse", "HEAD") == head
+    assert project.git("status", "--porcelain") == ""
+
+
+def test_commit_hook_strips_notebook_outputs(bake):
+    project = bake()
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": 3,
+                "id": "a1",
+                "metadata": {},
+                "outputs": [
+                    {"name": "stdout", "output_type": "stream", "text": ["SECRET_OUTPUT\n"]}
+                ],
+                "source": ["print('SECRET_OUTPUT')\n"],
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path = project.path / "notebooks" / "02_scratch.ipynb"
+    path.write_text(json.dumps(notebook, indent=1) + "\n")
+    project.git("add", "notebooks/02_scratch.ipynb")
+    first = project.run("git", "commit", "-m", "Add scratch notebook", check=False)
+    if first.returncode != 0:  # the hook rewrote the file: stage its result and commit again
+        assert "nbstripout" in first.stdout + first.stderr
+        project.git("add", "notebooks/02_scratch.ipynb")
+        project.run("git", "commit", "-m", "Add scratch notebook")
+    committed = json.loads(project.git("show", "HEAD:notebooks/02_scratch.ipynb"))
+    assert committed["cells"][0]["outputs"] == []
+    assert committed["cells"][0]["execution_count"] is None
+    assert project.git("rev-list", "--count", "HEAD") == "2"

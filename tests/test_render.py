@@ -1,0 +1,158 @@
+"""Render the template for the defaults and a matrix of options; check every output file."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import pytest
+import yaml
+from conftest import DEFAULTS, Baked
+
+TRICKY = {
+    "project_name": 'Ünïcode "Quotes": back\\slash — test',
+    "project_slug": "tricky_project",
+    "research_goal": 'Find: the "circuit" that\'s # not a comment & <b>bold</b> \\n — ok?',
+    "research_questions": "What: is 'this'?; Does \"it\" hold\\? ; ;Ünï: çødé?",
+    "author_name": 'O\'Brien "Bob" \\ Ñandú',
+    "compute": 'A100: 80GB "spot" \\ queue #1',
+    "gpu_memory_gb": "80",
+}
+OPTIONS = {
+    "defaults": {},
+    "minimal": {
+        "multi_agent": "no",
+        "license": "none",
+        "model_name": "toy-induction",
+        "python_version": "3.10",
+        "gpu_memory_gb": "0.5",
+    },
+    "wandb-apache-pythia": {
+        "experiment_tracking": "wandb",
+        "license": "Apache-2.0",
+        "model_name": "pythia-70m-deduped",
+        "python_version": "3.13",
+    },
+    "gemma-bsd-small-gpu": {
+        "model_name": "gemma-2-2b",
+        "license": "BSD-3-Clause",
+        "gpu_memory_gb": "8",
+    },
+    "tricky-answers": TRICKY,
+}
+SEED_PLACEHOLDERS = re.compile(
+    r"\[(Name|One sentence|Primary question|Secondary question|Open problem|e\.g\.|Any gotchas|"
+    r"Things that|Decisions made|Links to|Internal docs|Brief note|Agent|Date|Description|X\])"
+)
+
+
+def answers(option: str) -> dict[str, str]:
+    return {
+        **{k: v[0] if isinstance(v, list) else v for k, v in DEFAULTS.items()},
+        **OPTIONS[option],
+    }
+
+
+@pytest.fixture(scope="module", params=list(OPTIONS))
+def case(request, bake, default_project) -> tuple[dict[str, str], Baked]:
+    option = request.param
+    project = default_project if option == "defaults" else bake(**OPTIONS[option])
+    return answers(option), project
+
+
+def test_no_unrendered_template_syntax(case):
+    _, project = case
+    leftovers = [
+        name for name in project.files() if re.search(r"{{|{%|cookiecutter\.", project.read(name))
+    ]
+    assert leftovers == []
+
+
+def test_structured_files_parse(case):
+    _, project = case
+    for name in project.files():
+        text = project.read(name)
+        if name.endswith((".yaml", ".yml")):
+            yaml.safe_load(text)
+        elif name.endswith(".toml"):
+            tomllib.loads(text)
+        elif name.endswith((".json", ".ipynb")):
+            json.loads(text)
+
+
+def test_answers_round_trip(case):
+    given, project = case
+    pyproject = tomllib.loads(project.read("pyproject.toml"))["project"]
+    slug = given["project_slug"] if "{{" not in given["project_slug"] else "induction-heads-study"
+    assert pyproject["name"] == slug
+    assert pyproject["description"] == given["research_goal"]
+    assert pyproject["authors"] == [{"name": given["author_name"], "email": given["author_email"]}]
+    assert pyproject["requires-python"] == f">={given['python_version']}"
+    assert ("wandb>=0.17" in pyproject["dependencies"]) == (given["experiment_tracking"] == "wandb")
+    assert project.path.name == pyproject["name"]
+
+
+def test_pruned_to_the_answers(case):
+    given, project = case
+    files = project.files()
+    assert ("AGENTS.md" in files) == (given["multi_agent"] == "yes")
+    assert ("LICENSE" in files) == (given["license"] != "none")
+    if given["license"] != "none":
+        first = project.read("LICENSE").splitlines()[0]
+        assert first.startswith(
+            {"MIT": "MIT", "Apache-2.0": "Copyright", "BSD-3-Clause": "BSD"}[given["license"]]
+        )
+    tracking = project.read("src/utils/tracking.py")
+    assert ("wandb" in tracking) == (given["experiment_tracking"] == "wandb")
+
+
+def test_claude_md_filled(case):
+    given, project = case
+    claude = project.read("CLAUDE.md")
+    assert claude.startswith(f"# Project: {given['project_name']}\n")
+    assert given["research_goal"] in claude
+    questions = [q.strip() for q in given["research_questions"].split(";") if q.strip()]
+    numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
+    assert f"## Active Research Questions\n\n{numbered}\n" in claude
+    assert f"- **GPU**: {given['compute']} ({float(given['gpu_memory_gb']):g} GB)" in claude
+    assert re.search(r"uses ~[\d.]+ GB per 1k tokens", claude)
+    assert "<!-- fill:" not in claude
+    for doc in ("CLAUDE.md", "AGENTS.md"):
+        if doc in project.files():
+            assert SEED_PLACEHOLDERS.findall(project.read(doc)) == [], doc
+    # key files list what exists after pruning, and only that
+    listed = set(re.findall(r"^- `([^`]+)`", claude, re.M))
+    assert "src/models/load.py" in listed and "scripts/run_experiment.py" in listed
+    assert all((project.path / name).exists() for name in listed)
+    # the experiments table has a row per shipped config
+    configs = {p.name for p in (project.path / "configs").glob("*.yaml")}
+    assert configs and all(f"`configs/{name}`" in claude for name in configs)
+
+
+def test_ruff_passes(case):
+    _, project = case
+    project.run("ruff", "check", ".")
+    project.run("ruff", "format", "--check", ".")
+
+
+def test_git_one_clean_commit(case):
+    _, project = case
+    assert project.git("rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert project.git("rev-list", "--count", "HEAD") == "1"
+    assert project.git("status", "--porcelain") == ""
+    committed = set(project.git("ls-files").splitlines())
+    ignored = set(
+        project.git("ls-files", "--others", "--ignored", "--exclude-standard").splitlines()
+    )
+    assert committed == project.files() - ignored
+    assert (project.path / ".git" / "hooks" / "pre-commit").exists()
+
+
+def test_shipped_configs_validate(case):
+    _, project = case
+    check = (
+        "import pathlib; from src.utils.config import load_config; "
+        "[load_config(p) for p in sorted(pathlib.Path('configs').glob('*.yaml'))]"
+    )
+    project.run("python", "-c", check)

@@ -1,0 +1,42 @@
+"""The template repository's own files agree with each other."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from conftest import DEFAULTS, TEMPLATE
+
+
+def requirement_names(lines: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", line.strip())[0].lower() for line in lines if line.strip()}
+
+
+def test_test_requirements_cover_the_generated_project(bake):
+    project = bake(experiment_tracking="wandb")
+    pyproject = tomllib.loads(project.read("pyproject.toml"))["project"]
+    needed = requirement_names(
+        pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
+    )
+    listed = requirement_names(
+        line
+        for line in (TEMPLATE / "requirements-test.txt").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    )
+    assert needed - listed == set()
+
+
+def test_readme_documents_every_prompt():
+    readme = (TEMPLATE / "README.md").read_text()
+    prompts = [key for key in DEFAULTS if not key.startswith("_")]
+    assert [key for key in prompts if f"| `{key}` |" not in readme] == []
+    help_text = DEFAULTS["__prompts__"]
+    assert sorted(help_text) == sorted(prompts)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (TEMPLATE / "README.md").read_text()
+    ci = (TEMPLATE / ".ci" / "run").read_text()
+    command = "python -m pytest tests"
+    assert command in readme and command in ci
+    assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci

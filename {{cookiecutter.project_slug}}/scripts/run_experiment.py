@@ -1,0 +1,117 @@
+"""Run one experiment from a YAML config and log its results.
+
+    python scripts/run_experiment.py --config configs/toy_induction.yaml [--device cpu]
+
+What runs depends on the config's analysis section (see ``EXPERIMENTS``); a config with
+none runs the baseline. Results go to a JSON log in ``output.results_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# `src` is a package in the project root: make it importable however the script is run.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+# config kind (ExperimentConfig.kind) -> "module:function" taking (model, dataset, config).
+# Imported lazily, so that --help stays fast.
+EXPERIMENTS = {
+    "baseline": "src.experiments.baseline:run_baseline",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="experiment YAML config")
+    parser.add_argument("--device", help="override model.device (cpu, cuda, mps, auto)")
+    parser.add_argument("--results-dir", type=Path, help="override output.results_dir")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass")
+    parser.add_argument("--notes", default="", help="free-text notes stored in the log")
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+    parser.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also log the run to Weights & Biases (default: yes)",
+    )
+{%- endif %}
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import dataclasses
+    import importlib
+
+    from src.utils.config import ConfigError, ExperimentConfig, config_to_dict, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(cfg, ExperimentConfig):
+        print(
+            f"error: {args.config}: an SAE training config; use scripts/train_sae.py",
+            file=sys.stderr,
+        )
+        return 2
+    if cfg.kind not in EXPERIMENTS:
+        print(f"error: {args.config}: no runner for {cfg.kind!r} experiments yet", file=sys.stderr)
+        return 2
+    if args.device:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=args.device))
+    if args.results_dir:
+        output = dataclasses.replace(cfg.output, results_dir=str(args.results_dir))
+        cfg = dataclasses.replace(cfg, output=output)
+
+    start = time.perf_counter()
+    from src.data.loading import load_dataset
+    from src.models.load import ModelNotAvailableError, load_model
+    from src.utils.seed import set_seed
+    from src.utils.tracking import log_experiment
+
+    module_name, function_name = EXPERIMENTS[cfg.kind].split(":")
+    run = getattr(importlib.import_module(module_name), function_name)
+
+    set_seed(cfg.data.seed)
+    print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
+    data = cfg.data
+    try:  # user-facing errors (unknown or unavailable model, bad dataset) as one line
+        model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        dataset = load_dataset(
+            data.dataset, data.n_samples, data.seq_length, data.seed, model=model, path=data.path
+        )
+    except (ValueError, OSError, ModelNotAvailableError) as e:
+        print(f"error: {args.config}: {e}", file=sys.stderr)
+        return 2
+    print(f"running {cfg.kind} on {len(dataset)} x {data.seq_length} tokens", file=sys.stderr)
+    results = run(model, dataset, cfg, batch_size=args.batch_size, progress=True)
+    wall_time_s = time.perf_counter() - start
+
+    log_path = log_experiment(
+        cfg.experiment.name,
+        config_to_dict(cfg),
+        results,
+        args.notes,
+        results_dir=cfg.output.results_dir,
+        wall_time_s=wall_time_s,
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+        use_wandb=args.wandb,
+{%- endif %}
+    )
+    print(f"{cfg.experiment.name} ({cfg.kind}, {wall_time_s:.1f} s)")
+    for key, value in results.items():
+        if isinstance(value, int | float):
+            print(f"  {key:<28} {value:.4g}")
+    print(f"log: {log_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Rewrite the generated sections of CLAUDE.md and AGENTS.md from what the project holds.
+
+Sections sit between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`
+markers; text outside the markers is never touched. Standard library and
+pyyaml only, so the project generator's hook can run it before any install.
+
+    python scripts/update_docs.py          # rewrite in place
+    python scripts/update_docs.py --check  # exit 1 if a section is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ("CLAUDE.md", "AGENTS.md")
+
+KEY_FILE_GROUPS = {
+    "Models and Data": ["src/models/*.py", "src/data/*.py"],
+    "Experiments and Analysis": [
+        "src/experiments/*.py",
+        "src/analysis/*.py",
+        "src/visualization/*.py",
+        "src/utils/*.py",
+    ],
+    "Scripts and Configs": ["scripts/*.py", "configs/*.yaml"],
+    "Notebooks": ["notebooks/*.ipynb"],
+}
+FOLDERS = {
+    "data/activations/": "Cached activations (git-ignored; metadata JSON beside each cache)",
+    "data/datasets/": "Evaluation datasets (local files)",
+    "data/models/": "Trained toy models (git-ignored cache; retrained when missing)",
+}
+# (comment, command, file that must exist for the command to be listed)
+COMMANDS = [
+    (
+        "Run the offline experiment (toy model, no downloads)",
+        "python scripts/run_experiment.py --config configs/toy_induction.yaml",
+        "configs/toy_induction.yaml",
+    ),
+    (
+        "Baseline of gpt2-small on the same task (downloads its weights on first use)",
+        "python scripts/run_experiment.py --config configs/gpt2_small.yaml",
+        "configs/gpt2_small.yaml",
+    ),
+    (
+        "Cache activations",
+        "python scripts/cache_activations.py --model toy-induction --layer 0",
+        "scripts/cache_activations.py",
+    ),
+    (
+        "Train SAE",
+        "python scripts/train_sae.py --model toy-induction --layer 0",
+        "scripts/train_sae.py",
+    ),
+    (
+        "Generate figures",
+        "python -m src.visualization.generate_all",
+        "src/visualization/generate_all.py",
+    ),
+    (
+        "Refresh the generated sections of CLAUDE.md",
+        "python scripts/update_docs.py",
+        "scripts/update_docs.py",
+    ),
+    ("Run tests (fast suite; add `-m slow` for the heavy ones)", "pytest", "tests"),
+    (
+        "Lint, format and strip notebooks as the commit hook does",
+        "pre-commit run --all-files",
+        ".pre-commit-config.yaml",
+    ),
+]
+
+
+def describe(path: Path) -> str:
+    """One line saying what a file is: its docstring, first comment or first heading."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".py":
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+    if path.suffix in (".yaml", ".yml"):
+        for line in text.splitlines():
+            if line.startswith("#"):
+                return line.lstrip("# ").strip()
+        return ""
+    if path.suffix == ".ipynb":
+        for cell in json.loads(text).get("cells", []):
+            if cell.get("cell_type") == "markdown":
+                source = "".join(cell.get("source", []))
+                return source.strip().splitlines()[0].lstrip("# ").strip() if source.strip() else ""
+    return ""
+
+
+def key_files(root: Path) -> str:
+    """Markdown list of the project's files, grouped, each with its one-line description."""
+    lines = []
+    for group, patterns in KEY_FILE_GROUPS.items():
+        files = [p for pattern in patterns for p in sorted(root.glob(pattern))]
+        files = [p for p in files if p.name != "__init__.py"]
+        if not files:
+            continue
+        lines.append(f"### {group}")
+        for path in files:
+            note = describe(path)
+            lines.append(
+                f"- `{path.relative_to(root).as_posix()}`" + (f" - {note}" if note else "")
+            )
+        lines.append("")
+    lines.append("### Data")
+    lines += [
+        f"- `{folder}` - {note}" for folder, note in FOLDERS.items() if (root / folder).exists()
+    ]
+    return "\n".join(lines)
+
+
+def _latest_logs(results_dir: Path) -> dict[str, dict]:
+    """The newest JSON log per experiment name under data/results/."""
+    logs: dict[str, dict] = {}
+    for path in sorted(results_dir.rglob("*.json")):
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not (isinstance(entry, dict) and "name" in entry and "results" in entry):
+            continue
+        if entry.get("timestamp", "") >= logs.get(entry["name"], {}).get("timestamp", ""):
+            logs[entry["name"]] = entry
+    return logs
+
+
+def _headline(results: dict) -> str:
+    """The first numeric result, as `key=value`."""
+    for key, value in results.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{key}={value:.3g}"
+    return ""
+
+
+def experiments(root: Path) -> str:
+    """Markdown table of the shipped configs and the status of their latest run."""
+    logs = _latest_logs(root / "data" / "results")
+    rows = ["| Experiment | Config | Model | Status | Notes |", "|---|---|---|---|---|"]
+    for path in sorted((root / "configs").glob("*.yaml")):
+        try:
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            rows.append(f"| ? | `configs/{path.name}` | ? | Blocked | invalid YAML |")
+            continue
+        if "sae" in cfg:
+            name, note = f"sae_{cfg.get('hook', {}).get('layer', '')}", "SAE training"
+        else:
+            name = cfg.get("experiment", {}).get("name", path.stem)
+            note = cfg.get("experiment", {}).get("description", "")
+        model = cfg.get("model", {}).get("name", "")
+        log = logs.get(name)
+        if log:
+            status = f"Complete ({str(log.get('timestamp', ''))[:10]})"
+            note = " ".join(part for part in (_headline(log["results"]), note) if part)
+        else:
+            status = "Not started"
+        rows.append(f"| {name} | `configs/{path.name}` | {model} | {status} | {note} |")
+    return "\n".join(rows)
+
+
+def commands(root: Path) -> str:
+    """A bash block of the common commands whose files exist."""
+    lines = ["```bash"]
+    for comment, command, needs in COMMANDS:
+        if (root / needs).exists():
+            lines += [f"# {comment}", command, ""]
+    return "\n".join(lines).rstrip() + "\n```"
+
+
+def shared_resources(root: Path) -> str:
+    """Markdown list of cached activations and result logs, for AGENTS.md."""
+    caches = sorted(
+        p for p in (root / "data" / "activations").glob("*") if not p.name.startswith(".")
+    )
+    results = sorted((root / "data" / "results").rglob("*.json"))
+    lines = ["### Cached Activations"]
+    lines += [f"- `{p.relative_to(root).as_posix()}`" for p in caches] or ["- None yet"]
+    lines += ["", "### Results"]
+    lines += [f"- `{p.relative_to(root).as_posix()}`" for p in results] or ["- None yet"]
+    return "\n".join(lines)
+
+
+SECTIONS = {
+    "key-files": key_files,
+    "experiments": experiments,
+    "commands": commands,
+    "shared-resources": shared_resources,
+}
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """Put `body` between the markers of section `name`; text without the markers is unchanged."""
+    pattern = re.compile(
+        rf"(<!-- generated:{re.escape(name)} -->\n).*?(<!-- /generated:{re.escape(name)} -->)",
+        re.DOTALL,
+    )
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def refreshed(root: Path) -> dict[Path, tuple[str, str]]:
+    """Each doc under `root` with its current text and its text with fresh generated sections."""
+    bodies = {name: make(root) for name, make in SECTIONS.items()}
+    docs = {}
+    for path in (root / doc for doc in DOCS):
+        if path.exists():
+            old = new = path.read_text(encoding="utf-8")
+            for name, body in bodies.items():
+                new = replace_section(new, name, body)
+            docs[path] = (old, new)
+    return docs
+
+
+def update(root: Path = ROOT) -> list[Path]:
+    """Rewrite every stale generated section of the docs under `root`; return the files changed."""
+    changed = []
+    for path, (old, new) in refreshed(root).items():
+        if new != old:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(new, encoding="utf-8")
+            tmp.replace(path)
+            changed.append(path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="project root (default: this one)")
+    parser.add_argument("--check", action="store_true", help="only report; exit 1 if stale")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = [path for path, (old, new) in refreshed(args.root).items() if old != new]
+        for path in stale:
+            print(f"{path.name}: generated sections are stale; run python scripts/update_docs.py")
+        return 1 if stale else 0
+    for path in update(args.root):
+        print(f"updated {path.relative_to(args.root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

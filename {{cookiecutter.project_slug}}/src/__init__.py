@@ -1,0 +1,1 @@
+"""Research code of this project: models, data, experiments, analysis and plots."""

@@ -1,0 +1,1 @@
+"""Analysis of model internals: metrics, head scores and statistics (pure functions)."""

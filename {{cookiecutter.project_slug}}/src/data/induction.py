@@ -1,0 +1,66 @@
+"""Induction contrast pairs: a random chunk of tokens, then its repeat.
+
+Layout of one prompt of ``seq_length`` tokens, with ``half = seq_length // 2``::
+
+    clean      [BOS] (f) A[0] ... A[h-2] A[h-1]  A[0] ... A[h-2]   -> answer A[h-1]
+    corrupted  [BOS] (f) A[0] ... A[h-2] W       A[0] ... A[h-2]   -> wrong  W
+
+``f`` is one random filler token, present only when ``seq_length`` is odd. The prompts
+end on the repeat of A[h-2]; an induction head finds its first occurrence and copies the
+token after it, which is the answer in the clean prompt and W in the corrupted one. The
+pair differs in that one token, so clean and corrupted logit differences have opposite
+signs, and patching localises the circuit (that token's position, then the last one).
+Tokens within a prompt (A, W and filler) are distinct and never the BOS token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from src.data.dataset import ContrastDataset
+
+
+def make_induction_dataset(
+    n_samples: int, seq_length: int, d_vocab: int, bos_token_id: int, seed: int = 0
+) -> ContrastDataset:
+    """``n_samples`` induction pairs of ``seq_length`` tokens over ids ``[0, d_vocab)``.
+
+    Deterministic for a seed (uses its own ``torch.Generator``, not the global RNG).
+    """
+    if n_samples <= 0:
+        raise ValueError(f"n_samples must be > 0, got {n_samples}")
+    if seq_length < 4:
+        raise ValueError(f"seq_length must be >= 4 for an induction prompt, got {seq_length}")
+    if not 0 <= bos_token_id < d_vocab:
+        raise ValueError(f"bos_token_id {bos_token_id} is outside the vocabulary [0, {d_vocab})")
+    half, n_filler = seq_length // 2, seq_length % 2
+    n_distinct = half + 1 + n_filler  # A, W and the filler
+    if d_vocab - 1 < n_distinct:
+        raise ValueError(f"d_vocab {d_vocab} is too small for seq_length {seq_length}")
+
+    generator = torch.Generator().manual_seed(seed)
+    # Distinct non-BOS tokens per prompt: the top-k of uniform noise over [0, d_vocab - 1)
+    # is a uniform sample without replacement (in row blocks, to bound memory); skip BOS.
+    rows = max(1, 2**22 // d_vocab)
+    picks = torch.cat(
+        [
+            torch.rand(min(rows, n_samples - i), d_vocab - 1, generator=generator)
+            .topk(n_distinct, dim=1)
+            .indices
+            for i in range(0, n_samples, rows)
+        ]
+    )
+    picks = picks + (picks >= bos_token_id).long()
+    chunk, wrong, filler = picks[:, :half], picks[:, half], picks[:, half + 1 :]
+
+    bos = torch.full((n_samples, 1), bos_token_id, dtype=torch.long)
+    clean = torch.cat([bos, filler, chunk, chunk[:, :-1]], dim=1)
+    corrupted = clean.clone()
+    corrupted[:, 1 + n_filler + half - 1] = wrong
+    return ContrastDataset(
+        name="induction",
+        clean_tokens=clean,
+        corrupted_tokens=corrupted,
+        answer_tokens=chunk[:, -1].clone(),
+        wrong_tokens=wrong.clone(),
+    )

@@ -1,0 +1,1 @@
+"""Experiment logic only: each ``run_*(model, dataset, config) -> dict`` of plain results."""

@@ -1,0 +1,1 @@
+"""Model loading: pretrained TransformerLens bridges and offline toy models."""

@@ -1,0 +1,1 @@
+"""Plotting only: figures built from analysis results."""

@@ -1,0 +1,41 @@
+"""Metrics on hand-built logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.analysis.metrics import answer_prob, bind_metric, logit_diff, top1_accuracy
+
+
+@pytest.fixture
+def logits() -> torch.Tensor:
+    """[batch 2, pos 3, vocab 4]; only the final position should matter."""
+    out = torch.full((2, 3, 4), 100.0)
+    out[:, -1] = torch.tensor([[1.0, 4.0, 0.0, 0.0], [3.0, 0.0, 2.0, 0.0]])
+    return out
+
+
+ANSWER, WRONG = torch.tensor([1, 2]), torch.tensor([0, 0])
+
+
+def test_logit_diff(logits: torch.Tensor) -> None:
+    per_prompt = logit_diff(logits, ANSWER, WRONG, per_prompt=True)
+    assert per_prompt.tolist() == [3.0, -1.0]
+    assert logit_diff(logits, ANSWER, WRONG).item() == 1.0
+    assert logit_diff(logits[:, -1], ANSWER, WRONG).item() == 1.0  # final logits only
+    assert logit_diff(logits, WRONG, ANSWER).item() == -1.0  # antisymmetric
+
+
+def test_top1_accuracy_and_answer_prob(logits: torch.Tensor) -> None:
+    assert top1_accuracy(logits, ANSWER, per_prompt=True).tolist() == [1.0, 0.0]
+    assert top1_accuracy(logits, torch.tensor([1, 0])).item() == 1.0
+    expected = torch.tensor([1.0, 4.0, 0.0, 0.0]).softmax(-1)[1]
+    assert answer_prob(logits, ANSWER, per_prompt=True)[0].item() == pytest.approx(expected.item())
+
+
+def test_bind_metric(logits: torch.Tensor) -> None:
+    metric = bind_metric("logit_diff", ANSWER, WRONG)
+    assert metric(logits).ndim == 0 and metric(logits).item() == 1.0
+    with pytest.raises(ValueError, match="unknown metric 'kl'; known: logit_diff, answer_prob"):
+        bind_metric("kl", ANSWER, WRONG)

@@ -1,0 +1,99 @@
+"""scripts/run_experiment.py: fast --help, clean config errors, and a real run on the toy."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "run_experiment.py"
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_help_imports_nothing_heavy() -> None:
+    harness = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print(sorted(m for m in ('torch', 'transformer_lens', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", harness],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--results-dir" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_config_error_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    toy = yaml.safe_load((ROOT / "configs" / "toy_induction.yaml").read_text())
+    toy["data"]["n_samples"] = "ten"
+    bad.write_text(yaml.safe_dump(toy))
+    result = run_script("--config", str(bad), "--results-dir", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {bad}: data.n_samples: expected int, got 'ten'\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_sae_config_is_refused(tmp_path: Path) -> None:
+    result = run_script("--config", "configs/sae_training.yaml", "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and "train_sae.py" in result.stderr
+
+
+def test_toy_induction_end_to_end(tmp_path: Path, toy_model: object) -> None:
+    # toy_model (conftest) trains and caches the toy first, so this run only loads it.
+    result = run_script(
+        "--config", "configs/toy_induction.yaml", "--device", "cpu", "--results-dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    (log,) = tmp_path.glob("toy_induction_baseline_*.json")
+    assert f"log: {log}" in result.stdout
+    entry = json.loads(log.read_text())
+    assert entry["config"]["model"]["device"] == "cpu"
+    assert entry["config"]["output"]["results_dir"] == str(tmp_path)
+    assert entry["wall_time_s"] > 0
+    results = entry["results"]
+    assert results["n_samples"] == 200
+    assert results["clean_logit_diff"] > 2 and results["corrupted_logit_diff"] < -2
+    assert results["clean_accuracy"] > 0.9 and results["corrupted_accuracy"] < 0.1
+
+
+def test_dataset_error_is_one_line(
+    tmp_path: Path, toy_model: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toy = yaml.safe_load((ROOT / "configs" / "toy_induction.yaml").read_text())
+    toy["data"]["seq_length"] = 40
+    bad = tmp_path / "long.yaml"
+    bad.write_text(yaml.safe_dump(toy))
+    main = runpy.run_path(str(SCRIPT))["main"]
+    assert (
+        main(["--config", str(bad), "--device", "cpu", "--results-dir", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {bad}: seq_length 40 exceeds the model's context n_ctx=32"
+    assert not (tmp_path / "r").exists()
