@@ -34,6 +34,7 @@ MODELS = {
         d_mlp=3072,
         gated=False,
         n_ctx=1024,
+        d_vocab=50257,
     ),
     "pythia-70m-deduped": dict(
         n_params=70.4e6,
@@ -45,6 +46,7 @@ MODELS = {
         d_mlp=2048,
         gated=False,
         n_ctx=2048,
+        d_vocab=50304,
     ),
     "gemma-2-2b": dict(
         n_params=2.61e9,
@@ -56,6 +58,7 @@ MODELS = {
         d_mlp=9216,
         gated=True,
         n_ctx=8192,
+        d_vocab=256000,
     ),
     "toy-induction": dict(
         n_params=0.05e6,
@@ -67,6 +70,7 @@ MODELS = {
         d_mlp=0,
         gated=False,
         n_ctx=32,
+        d_vocab=64,
     ),
 }
 CACHE_SEQ_LEN = 128
@@ -85,15 +89,24 @@ def prune() -> None:
 
 
 def cache_floats_per_token(m: dict, seq_len: int) -> int:
-    """Floats one token adds to a full `run_with_cache` (every standard hook, fp32)."""
-    d, heads, kv = m["d_model"], m["n_heads"], m["n_kv_heads"]
-    has_mlp = m["d_mlp"] > 0
-    resid = (5 if has_mlp else 3) * d  # resid_pre/mid/post, attn_out, mlp_out
-    norms = (2 if has_mlp else 1) * (d + 1)  # ln hook_normalized + hook_scale
-    qkvz = (2 * heads + 2 * kv) * m["d_head"]
-    attention = 2 * heads * seq_len  # hook_attn_scores + hook_pattern
-    mlp = (3 if m["gated"] else 2) * m["d_mlp"]
-    return m["n_layers"] * (resid + norms + qkvz + attention + mlp) + 3 * d
+    """Floats one token adds to a full `run_with_cache` of a TransformerBridge (distinct tensors).
+
+    Per block: the LayerNorm outputs (normalized and affine) and scales, attn_out, resid_post
+    (and resid_mid, mlp_out with an MLP); q, k, v, z; one attention-pattern row per head; MLP
+    pre/post activations. Once: embeddings, the first resid_pre, ln_final and the logits.
+    Exact for GPT-2-style blocks on TransformerLens 3.9; close for other architectures.
+    """
+    d, has_mlp = m["d_model"], m["d_mlp"] > 0
+    n_norms = 2 if has_mlp else 1
+    block = (
+        (2 * n_norms + (4 if has_mlp else 2)) * d
+        + n_norms
+        + (2 * m["n_heads"] + 2 * m["n_kv_heads"]) * m["d_head"]
+        + m["n_heads"] * seq_len
+        + (3 if m["gated"] else 2) * m["d_mlp"]
+    )
+    once = d + 2 * (d + 1) + (2 * d + 1) + m["d_vocab"]
+    return m["n_layers"] * block + once
 
 
 def compute_section(model: str, compute: str, gpu_gb: float) -> str:
@@ -120,7 +133,7 @@ def compute_section(model: str, compute: str, gpu_gb: float) -> str:
             f"- **GPU**: {compute} ({gpu_gb:g} GB)",
             f"- **Memory constraints**: {memory}. Cache only the hooks you need "
             "(`names_filter`) to go further.",
-            f"- **Activation caching**: a full cache for `{model}` uses ~{gb_per_1k:.2g} GB per 1k "
+            f"- **Activation caching**: a full cache for `{model}` uses ~{gb_per_1k:.3g} GB per 1k "
             f"tokens at sequence length {seq} (float32; attention patterns grow with seq^2); "
             f"one residual-stream hook uses {m['d_model'] * 4 * 1000 / 1e6:.2g} MB per 1k tokens.",
         ]

@@ -156,3 +156,31 @@ def test_shipped_configs_validate(case):
         "[load_config(p) for p in sorted(pathlib.Path('configs').glob('*.yaml'))]"
     )
     project.run("python", "-c", check)
+
+
+MEASURE_GPT2_CACHE = """
+import torch
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+
+cfg = TransformerBridgeConfig(
+    n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
+    act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", seed=0,
+)
+model = TransformerBridge.boot_native(cfg).eval()
+with torch.no_grad():
+    _, cache = model.run_with_cache(torch.randint(0, 50257, (1, 128)))
+distinct = {}  # aliased hook names share one tensor: count each storage once
+for t in (cache[name] for name in cache.keys()):
+    distinct[(t.untyped_storage().data_ptr(), t.storage_offset(), t.shape)] = t.numel()
+print(sum(distinct.values()) * 4 / 128 * 1000 / 1e9)
+"""
+
+
+def test_cache_estimate_matches_a_real_cache(default_project):
+    """CLAUDE.md's GB per 1k tokens for gpt2-small equals a GPT-2-shaped model's real cache."""
+    found = re.search(
+        r"uses ~([\d.]+) GB per 1k tokens at sequence length 128", default_project.read("CLAUDE.md")
+    )
+    measured = float(default_project.run("python", "-c", MEASURE_GPT2_CACHE).stdout.split()[-1])
+    assert float(found.group(1)) == pytest.approx(measured, rel=0.01)
