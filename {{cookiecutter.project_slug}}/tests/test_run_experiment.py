@@ -65,14 +65,16 @@ def test_sae_config_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "train_sae.py" in result.stderr
 
 
-def test_toy_induction_end_to_end(tmp_path: Path, toy_model: object) -> None:
-    # toy_model (conftest) trains and caches the toy first, so this run only loads it.
-    result = run_script(
-        "--config", "configs/toy_induction.yaml", "--device", "cpu", "--results-dir", str(tmp_path)
-    )
-    assert result.returncode == 0, result.stderr
+def test_toy_induction_end_to_end(
+    tmp_path: Path, toy_model: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process (the subprocess tests above cover the command line itself): toy_model
+    # (conftest) has trained and cached the toy, and transformer-lens is imported once.
+    main = runpy.run_path(str(SCRIPT))["main"]
+    args = ["--config", "configs/toy_induction.yaml", "--device", "cpu"]
+    assert main([*args, "--results-dir", str(tmp_path)]) == 0
     (log,) = tmp_path.glob("toy_induction_baseline_*.json")
-    assert f"log: {log}" in result.stdout
+    assert f"log: {log}" in capsys.readouterr().out
     entry = json.loads(log.read_text())
     assert entry["config"]["model"]["device"] == "cpu"
     assert entry["config"]["output"]["results_dir"] == str(tmp_path)

@@ -51,7 +51,7 @@ class ToyModelSpec:
     bos_token_id: int = TOY_BOS_TOKEN_ID
     min_chunk: int = 3
     max_chunk: int = 15
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
