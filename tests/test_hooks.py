@@ -31,7 +31,7 @@ def test_invalid_answer_fails_with_one_line_and_no_folder(template, tmp_path, an
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
     assert len(errors) == 1 and errors[0].startswith(f"ERROR: {key}: "), result.stderr
     assert list(tmp_path.iterdir()) == []
-    assert not (template.parent / "escape").exists()
+    assert not (tmp_path.parent / "escape").exists()
 
 
 def tools_dir(tmp_path, *names: str) -> str:

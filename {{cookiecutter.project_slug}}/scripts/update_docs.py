@@ -79,22 +79,29 @@ COMMANDS = [
 ]
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of `text`, on one line, with reST ``literals`` as Markdown `code`."""
+    text = " ".join(text.split()).replace("``", "`")
+    end = text.find(". ")
+    return text if end == -1 else text[: end + 1]
+
+
 def describe(path: Path) -> str:
-    """One line saying what a file is: its docstring, first comment or first heading."""
+    """One line saying what a file is: its docstring, leading comment or first heading."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".py":
-        doc = ast.get_docstring(ast.parse(text)) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        return first_sentence(ast.get_docstring(ast.parse(text)) or "")
     if path.suffix in (".yaml", ".yml"):
+        comment = []
         for line in text.splitlines():
-            if line.startswith("#"):
-                return line.lstrip("# ").strip()
-        return ""
+            if not line.startswith("#") or line.lstrip("# ").startswith("Run:"):
+                break
+            comment.append(line.lstrip("# "))
+        return first_sentence(" ".join(comment))
     if path.suffix == ".ipynb":
         for cell in json.loads(text).get("cells", []):
-            if cell.get("cell_type") == "markdown":
-                source = "".join(cell.get("source", []))
-                return source.strip().splitlines()[0].lstrip("# ").strip() if source.strip() else ""
+            if cell.get("cell_type") == "markdown" and "".join(cell.get("source", [])).strip():
+                return "".join(cell["source"]).strip().splitlines()[0].lstrip("# ").strip()
     return ""
 
 
@@ -154,7 +161,7 @@ def experiments(root: Path) -> str:
             rows.append(f"| ? | `configs/{path.name}` | ? | Blocked | invalid YAML |")
             continue
         if "sae" in cfg:
-            name, note = f"sae_{cfg.get('hook', {}).get('layer', '')}", "SAE training"
+            name, note = path.stem, "SAE training"
         else:
             name = cfg.get("experiment", {}).get("name", path.stem)
             note = cfg.get("experiment", {}).get("description", "")
