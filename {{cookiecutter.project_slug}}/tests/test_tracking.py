@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from src.utils import tracking
+from src.utils import files
 from src.utils.tracking import git_state, log_experiment
 
 CONFIG = {"model": {"name": "toy-induction"}, "data": {"n_samples": 10, "layers": (1, 2)}}
@@ -43,7 +43,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def fail(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(tracking.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         log_experiment("run", CONFIG, RESULTS, results_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

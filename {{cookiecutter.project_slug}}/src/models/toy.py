@@ -16,10 +16,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,6 +29,7 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 from src.analysis.heads import induction_scores, prev_token_scores, repeated_random_tokens
+from src.utils.files import write_atomic, write_text_atomic
 
 TOY_BOS_TOKEN_ID = 0
 CACHE_ENV_VAR = "MECH_INTERP_TOY_CACHE"
@@ -178,26 +177,12 @@ def head_scores(model: TransformerBridge, spec: ToyModelSpec) -> dict[str, list[
     }
 
 
-def _write_atomic(path: Path, write: Callable[[str], object]) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_toy_model(model: TransformerBridge, path: Path, metadata: dict) -> None:
     """Write the weights to `path` and `metadata` to the JSON beside it, both atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(path, lambda tmp: save_file(state, tmp))
-    text = json.dumps(metadata, indent=2)
-    _write_atomic(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    write_atomic(path, lambda tmp: save_file(state, tmp))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(metadata, indent=2))
 
 
 def load_toy_model(

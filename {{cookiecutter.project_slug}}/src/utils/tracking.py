@@ -8,15 +8,18 @@ back to the code that made it.
 from __future__ import annotations
 
 import json
+{%- if cookiecutter.experiment_tracking == "wandb" %}
 import os
+{%- endif %}
 import platform
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from src.utils.files import write_text_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformer-lens", "numpy")
@@ -63,7 +66,7 @@ def log_experiment(
     while path.exists():
         n += 1
         path = results_dir / f"{stem}-{n}.json"
-    _write_atomic(path, text)
+    write_text_atomic(path, text)
 {%- if cookiecutter.experiment_tracking == "wandb" %}
 
     if use_wandb:
@@ -99,19 +102,6 @@ def _git(cwd: str | Path, *args: str) -> str:
         ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
     )
     return result.stdout.strip()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 {%- if cookiecutter.experiment_tracking == "wandb" %}
 
 

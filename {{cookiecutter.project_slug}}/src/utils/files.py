@@ -1,0 +1,37 @@
+"""Atomic file writes: a file appears complete or not at all, never truncated."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomic(path: Path, write: Callable[[str], object]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    An interrupted run (Ctrl-C, kill, full disk) leaves the old file or none, plus no temp file
+    when Python gets to clean up. The file is world-readable: caches may be shared.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_atomic` for text, flushed to disk before the rename."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomic(path, write)
