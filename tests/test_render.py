@@ -184,3 +184,12 @@ def test_cache_estimate_matches_a_real_cache(default_project):
     )
     measured = float(default_project.run("python", "-c", MEASURE_GPT2_CACHE).stdout.split()[-1])
     assert float(found.group(1)) == pytest.approx(measured, rel=0.01)
+
+
+def test_project_builds_as_a_package(case, tmp_path):
+    """`pip install -e .` works: the pyproject (license expression, package list) builds."""
+    _, project = case
+    wheel = ["python", "-m", "pip", "wheel", "-q", "--no-deps", "--ignore-requires-python"]
+    project.run(*wheel, "-w", str(tmp_path), ".")
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name.startswith(project.path.name.replace("-", "_") + "-0.1.0-")
