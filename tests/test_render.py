@@ -189,7 +189,7 @@ def test_cache_estimate_matches_a_real_cache(default_project):
 def test_project_builds_as_a_package(case, tmp_path):
     """`pip install -e .` works: the pyproject (license expression, package list) builds."""
     _, project = case
-    wheel = ["python", "-m", "pip", "wheel", "-q", "--no-deps", "--ignore-requires-python"]
-    project.run(*wheel, "-w", str(tmp_path), ".")
+    build = ["python", "-m", "pip", "wheel", "-q", "--no-deps", "--ignore-requires-python"]
+    project.run(*build, "-w", str(tmp_path), ".")
     (wheel,) = tmp_path.glob("*.whl")
     assert wheel.name.startswith(project.path.name.replace("-", "_") + "-0.1.0-")

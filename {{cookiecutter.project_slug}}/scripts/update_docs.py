@@ -100,8 +100,9 @@ def describe(path: Path) -> str:
         return first_sentence(" ".join(comment))
     if path.suffix == ".ipynb":
         for cell in json.loads(text).get("cells", []):
-            if cell.get("cell_type") == "markdown" and "".join(cell.get("source", [])).strip():
-                return "".join(cell["source"]).strip().splitlines()[0].lstrip("# ").strip()
+            source = "".join(cell.get("source", [])).strip()
+            if cell.get("cell_type") == "markdown" and source:
+                return source.splitlines()[0].lstrip("# ").strip()
     return ""
 
 
