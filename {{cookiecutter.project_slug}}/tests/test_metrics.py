@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.analysis.metrics import answer_prob, bind_metric, logit_diff, top1_accuracy
+from src.analysis.metrics import (
+    answer_logprob,
+    answer_loss,
+    answer_prob,
+    bind_metric,
+    logit_diff,
+    normalize,
+    top1_accuracy,
+)
 
 
 @pytest.fixture
@@ -37,5 +45,26 @@ def test_top1_accuracy_and_answer_prob(logits: torch.Tensor) -> None:
 def test_bind_metric(logits: torch.Tensor) -> None:
     metric = bind_metric("logit_diff", ANSWER, WRONG)
     assert metric(logits).ndim == 0 and metric(logits).item() == 1.0
-    with pytest.raises(ValueError, match="unknown metric 'kl'; known: logit_diff, answer_prob"):
+    with pytest.raises(
+        ValueError,
+        match="unknown metric 'kl'; known: logit_diff, answer_prob, answer_logprob, answer_loss",
+    ):
         bind_metric("kl", ANSWER, WRONG)
+
+
+def test_logprob_loss_and_per_prompt_binding(logits: torch.Tensor) -> None:
+    expected = torch.tensor([1.0, 4.0, 0.0, 0.0]).log_softmax(-1)[1].item()
+    assert answer_logprob(logits, ANSWER, per_prompt=True)[0].item() == pytest.approx(expected)
+    assert answer_loss(logits, ANSWER).item() == pytest.approx(
+        -answer_logprob(logits, ANSWER).item()
+    )
+    per_prompt = bind_metric("logit_diff", ANSWER, WRONG, per_prompt=True)(logits)
+    assert per_prompt.tolist() == [3.0, -1.0]
+
+
+def test_normalize() -> None:
+    assert normalize(2.0, clean=4.0, corrupted=-4.0).item() == pytest.approx(0.75)
+    values = normalize(torch.tensor([4.0, -4.0]), clean=4.0, corrupted=-4.0)
+    assert values.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="baselines are equal"):
+        normalize(1.0, clean=2.0, corrupted=2.0)

@@ -33,7 +33,7 @@ Dtype = Literal["float32", "float16", "bfloat16"]
 # Indices to sweep: a list, or every index.
 Indices = tuple[int, ...] | Literal["all"]
 # Keep in sync with src.analysis.metrics.METRICS (a test checks).
-MetricName = Literal["logit_diff", "answer_prob"]
+MetricName = Literal["logit_diff", "answer_prob", "answer_logprob", "answer_loss"]
 HookPoint = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 SAEArchitecture = Literal["standard", "topk", "batchtopk", "jumprelu"]
 
