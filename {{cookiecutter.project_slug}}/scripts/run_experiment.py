@@ -2,8 +2,10 @@
 
     python scripts/run_experiment.py --config configs/toy_induction.yaml [--device cpu]
 
-What runs depends on the config's analysis section (see ``EXPERIMENTS``); a config with
-none runs the baseline. Results go to a JSON log in ``output.results_dir``.
+What runs depends on the config's analysis section (see ``EXPERIMENTS``): ``patching``,
+``attribution`` or ``circuit_discovery``; a config with none runs the baseline. Results go
+to a JSON log in ``output.results_dir``, figures to ``output.figures_dir`` when
+``output.figures`` is true.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ if str(PROJECT_ROOT) not in sys.path:
 # Imported lazily, so that --help stays fast.
 EXPERIMENTS = {
     "baseline": "src.experiments.baseline:run_baseline",
+    "patching": "src.experiments.patching:run_patching_experiment",
+    "attribution": "src.experiments.attribution:run_attribution_experiment",
+    "circuit_discovery": "src.experiments.circuit_discovery:run_circuit_discovery",
 }
 
 
@@ -30,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML config")
     parser.add_argument("--device", help="override model.device (cpu, cuda, mps, auto)")
     parser.add_argument("--results-dir", type=Path, help="override output.results_dir")
+    parser.add_argument("--figures-dir", type=Path, help="override output.figures_dir")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass")
     parser.add_argument("--notes", default="", help="free-text notes stored in the log")
 {%- if cookiecutter.experiment_tracking == "wandb" %}
@@ -48,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
     import importlib
 
-    from src.utils.config import ConfigError, ExperimentConfig, config_to_dict, load_config
+    from src.utils.config import (
+        ConfigError,
+        ExperimentConfig,
+        check_model_fit,
+        config_to_dict,
+        load_config,
+    )
 
     try:
         cfg = load_config(args.config)
@@ -66,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.device:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=args.device))
-    if args.results_dir:
-        output = dataclasses.replace(cfg.output, results_dir=str(args.results_dir))
-        cfg = dataclasses.replace(cfg, output=output)
+    for key in ("results_dir", "figures_dir"):
+        if getattr(args, key):
+            output = dataclasses.replace(cfg.output, **{key: str(getattr(args, key))})
+            cfg = dataclasses.replace(cfg, output=output)
 
     start = time.perf_counter()
     from src.data.loading import load_dataset
@@ -84,13 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     data = cfg.data
     try:  # user-facing errors (unknown or unavailable model, bad dataset) as one line
         model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-        dataset = load_dataset(
-            data.dataset, data.n_samples, data.seq_length, data.seed, model=model, path=data.path
+        mc = model.cfg
+        check_model_fit(
+            cfg, args.config, n_layers=mc.n_layers, n_heads=mc.n_heads, attn_only=mc.attn_only
         )
+        dataset = load_dataset(
+            data.dataset,
+            data.n_samples,
+            data.seq_length,
+            data.seed,
+            model=model,
+            path=data.path,
+            corruption=data.corruption,
+        )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, ModelNotAvailableError) as e:
         print(f"error: {args.config}: {e}", file=sys.stderr)
         return 2
-    print(f"running {cfg.kind} on {len(dataset)} x {data.seq_length} tokens", file=sys.stderr)
+    print(f"running {cfg.kind} on {len(dataset)} x {dataset.seq_length} tokens", file=sys.stderr)
     results = run(model, dataset, cfg, batch_size=args.batch_size, progress=True)
     wall_time_s = time.perf_counter() - start
 
@@ -109,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in results.items():
         if isinstance(value, int | float):
             print(f"  {key:<28} {value:.4g}")
+    for path in results.get("figures", []):
+        print(f"figure: {path}")
     print(f"log: {log_path}")
     return 0
 

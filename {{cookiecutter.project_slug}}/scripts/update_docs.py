@@ -46,7 +46,27 @@ COMMANDS = [
         "configs/toy_induction.yaml",
     ),
     (
-        "Baseline of gpt2-small on the same task (downloads its weights on first use)",
+        "Activation patching on the toy model: which heads carry the induction answer?",
+        "python scripts/run_experiment.py --config configs/toy_induction_patching.yaml",
+        "configs/toy_induction_patching.yaml",
+    ),
+    (
+        "Attribution patching (checked against activation patching) and direct logit attribution",
+        "python scripts/run_experiment.py --config configs/toy_induction_attribution.yaml",
+        "configs/toy_induction_attribution.yaml",
+    ),
+    (
+        "Circuit discovery (EAP-IG) with a faithfulness check",
+        "python scripts/run_experiment.py --config configs/toy_induction_circuit.yaml",
+        "configs/toy_induction_circuit.yaml",
+    ),
+    (
+        "Time the fast activation patching against transformer_lens.patching",
+        "python scripts/benchmark_patching.py",
+        "scripts/benchmark_patching.py",
+    ),
+    (
+        "IOI activation patching on gpt2-small (downloads its weights on first use)",
         "python scripts/run_experiment.py --config configs/gpt2_small.yaml",
         "configs/gpt2_small.yaml",
     ),

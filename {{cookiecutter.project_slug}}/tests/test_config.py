@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -12,10 +13,12 @@ import pytest
 import yaml
 
 from src.utils.config import (
+    Component,
     ConfigError,
     ExperimentConfig,
     MetricName,
     SAETrainingConfig,
+    check_model_fit,
     config_to_dict,
     load_config,
 )
@@ -109,6 +112,22 @@ def test_no_analysis_section_is_a_baseline(tmp_path: Path) -> None:
         (edited("patching", "layers", []), "patching.layers: expected a non-empty list or 'all'"),
         (edited("patching", "layers", [-1]), "patching.layers: indices must be >= 0"),
         (edited("patching", "metric", "kl"), "patching.metric: expected one of 'logit_diff'"),
+        (edited("patching", "components", ["heads"]), "patching.components[0]: expected one of"),
+        (edited("patching", "components", []), "patching.components: expected a non-empty list"),
+        (edited("patching", "positions", [31]), "patching.positions[0]: 31 is out of range"),
+        (edited("patching", "positions", [-32]), "patching.positions[0]: -32 is out of range"),
+        (
+            {**VALID, "attribution": {}},
+            "attribution: one analysis section per config, got ['patching', 'attribution']",
+        ),
+        (
+            {**VALID, "patching": None, "circuit_discovery": {"top_n": 5, "threshold": 0.1}},
+            "circuit_discovery.top_n: set exactly one of top_n and threshold",
+        ),
+        (
+            {**VALID, "patching": None, "circuit_discovery": {"ablation": "zero"}},
+            "circuit_discovery.ablation: expected one of 'corrupted', 'mean'",
+        ),
         (edited("experiment", "name", "a/b"), "experiment.name: must be usable in a file name"),
         ({**VALID, "model": "gpt2-small"}, "model: expected a section with keys (name, device"),
     ],
@@ -182,6 +201,46 @@ def test_bad_sae_config(tmp_path: Path, section: str, values: dict, message: str
     path = write(tmp_path, data)
     with pytest.raises(ConfigError, match=f"^{path}: {message}"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "kind"),
+    [
+        ("patching", "patching"),
+        ("attribution", "attribution"),
+        ("circuit_discovery", "circuit_discovery"),
+    ],
+)
+def test_analysis_sections_set_the_kind(tmp_path: Path, section: str, kind: str) -> None:
+    data = {k: v for k, v in VALID.items() if k != "patching"}
+    cfg = load_config(write(tmp_path, {**data, section: {}}))
+    assert cfg.kind == kind and cfg.analysis is getattr(cfg, section)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"layers": [0, 2]}, "patching.layers[1]: layer 2 is out of range for this model (0..1)"),
+        ({"heads": [4]}, "patching.heads[0]: head 4 is out of range for this model (0..3)"),
+        ({"components": ["head_out", "mlp_out"]}, "patching.components[1]: mlp_out: the model"),
+    ],
+)
+def test_model_fit_is_checked_before_running(tmp_path: Path, values: dict, message: str) -> None:
+    data = copy.deepcopy(VALID)
+    data["patching"].update(values)
+    path = write(tmp_path, data)
+    cfg = load_config(path)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {re.escape(message)}"):
+        check_model_fit(cfg, path, n_layers=2, n_heads=4, attn_only=True)
+    check_model_fit(
+        load_config(write(tmp_path, VALID)), path, n_layers=2, n_heads=4, attn_only=True
+    )
+
+
+def test_components_match_patching() -> None:
+    from src.experiments.patching import COMPONENTS
+
+    assert set(get_args(Component)) == set(COMPONENTS)
 
 
 def test_metric_names_match_metrics() -> None:

@@ -48,6 +48,24 @@ def test_induction_layout(seq_length: int) -> None:
         assert len(set(row.tolist())) == len(row)
 
 
+def test_induction_previous_corruption(toy_model) -> None:
+    """The token before the answer's first occurrence is replaced: the same clean prompts,
+    and the toy model can no longer complete them (its logit difference collapses)."""
+    answer = make_induction_dataset(40, 31, d_vocab=64, bos_token_id=0, seed=1)
+    previous = make_induction_dataset(40, 31, 64, 0, seed=1, corruption="previous")
+    assert torch.equal(previous.clean_tokens, answer.clean_tokens)
+    assert torch.equal(previous.wrong_tokens, answer.wrong_tokens)
+    diff = (previous.clean_tokens != previous.corrupted_tokens).nonzero()
+    assert (diff[:, 1] == 2 + 15 - 2).all() and len(diff) == 40  # A[h-2] after BOS, filler
+    with torch.no_grad():
+        logits = toy_model(previous.corrupted_tokens)[:, -1]
+    answers = logits.gather(1, previous.answer_tokens[:, None])
+    wrongs = logits.gather(1, previous.wrong_tokens[:, None])
+    assert (answers - wrongs).mean().abs() < 2.0  # clean is about +11.5
+    with pytest.raises(ValueError, match="corruption must be one of answer, previous; got 'x'"):
+        make_induction_dataset(4, 31, 64, 0, corruption="x")
+
+
 def test_induction_is_deterministic() -> None:
     def make(seed: int) -> ContrastDataset:
         return make_induction_dataset(20, 31, 64, 0, seed)

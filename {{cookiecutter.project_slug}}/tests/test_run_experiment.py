@@ -99,3 +99,57 @@ def test_dataset_error_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {bad}: seq_length 40 exceeds the model's context n_ctx=32"
     assert not (tmp_path / "r").exists()
+
+
+def run_config(main, config: str, tmp_path: Path) -> dict:
+    """Run ``config`` in-process with results and figures under tmp_path; the log's results."""
+    args = ["--config", config, "--device", "cpu", "--results-dir", str(tmp_path / "r")]
+    assert main([*args, "--figures-dir", str(tmp_path / "f")]) == 0
+    (log,) = (tmp_path / "r").glob("*_2*.json")
+    return json.loads(log.read_text())["results"]
+
+
+def test_patching_config_finds_the_induction_heads(tmp_path: Path, toy_model: object) -> None:
+    main = runpy.run_path(str(SCRIPT))["main"]
+    results = run_config(main, "configs/toy_induction_patching.yaml", tmp_path)
+    head_out = results["components"]["head_out"]
+    assert head_out["axes"] == ["layer", "head"]
+    top = [entry["entry"] for entry in head_out["top"][:3]]
+    assert all(name.startswith("a1.") for name in top)  # the layer-1 induction heads
+    first = head_out["top"][0]
+    assert first["low"] <= first["mean"] <= first["high"] and first["low"] > 0.1
+    assert len(list((tmp_path / "f").glob("*.png"))) == 4  # head_out, q, k, v
+
+
+def test_attribution_config_agrees_with_patching(tmp_path: Path, toy_model: object) -> None:
+    main = runpy.run_path(str(SCRIPT))["main"]
+    results = run_config(main, "configs/toy_induction_attribution.yaml", tmp_path)
+    assert results["head_out_pearson_r"] >= 0.8
+    dla = results["dla"]
+    assert abs(sum(dla["terms"]["mean"]) + dla["remainder_mean"] - dla["logit_diff_mean"]) < 1e-3
+
+
+def test_circuit_config_saves_a_faithful_circuit(tmp_path: Path, toy_model: object) -> None:
+    main = runpy.run_path(str(SCRIPT))["main"]
+    results = run_config(main, "configs/toy_induction_circuit.yaml", tmp_path)
+    assert {"a0.h2", "a1.h0", "a1.h1"} <= set(results["nodes"])
+    assert results["recovered"] >= 0.8
+    circuit = json.loads(Path(results["circuit_file"]).read_text())
+    assert {"nodes", "edges", "faithfulness"} <= set(circuit)
+    assert (tmp_path / "f" / "toy_induction_circuit_circuit.png").exists()
+
+
+def test_head_out_of_range_fails_before_running(
+    tmp_path: Path, toy_model: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = yaml.safe_load((ROOT / "configs" / "toy_induction_patching.yaml").read_text())
+    config["patching"]["heads"] = [0, 7]
+    bad = tmp_path / "heads.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    main = runpy.run_path(str(SCRIPT))["main"]
+    assert (
+        main(["--config", str(bad), "--device", "cpu", "--results-dir", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {bad}: patching.heads[1]: head 7 is out of range for this model (0..3)"
+    assert not (tmp_path / "r").exists()

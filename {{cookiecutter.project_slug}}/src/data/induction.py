@@ -2,14 +2,22 @@
 
 Layout of one prompt of ``seq_length`` tokens, with ``half = seq_length // 2``::
 
-    clean      [BOS] (f) A[0] ... A[h-2] A[h-1]  A[0] ... A[h-2]   -> answer A[h-1]
-    corrupted  [BOS] (f) A[0] ... A[h-2] W       A[0] ... A[h-2]   -> wrong  W
+    clean      [BOS] (f) A[0] ... A[h-3] A[h-2] A[h-1]  A[0] ... A[h-2]  -> answer A[h-1]
+    "answer"   [BOS] (f) A[0] ... A[h-3] A[h-2] W       A[0] ... A[h-2]  -> wrong  W
+    "previous" [BOS] (f) A[0] ... A[h-3] W      A[h-1]  A[0] ... A[h-2]
 
 ``f`` is one random filler token, present only when ``seq_length`` is odd. The prompts
-end on the repeat of A[h-2]; an induction head finds its first occurrence and copies the
-token after it, which is the answer in the clean prompt and W in the corrupted one. The
-pair differs in that one token, so clean and corrupted logit differences have opposite
-signs, and patching localises the circuit (that token's position, then the last one).
+end on the repeat of A[h-2]; an induction head finds its first occurrence (its key says
+"my previous token was A[h-2]", written there by a previous-token head) and copies the
+token it attends to. Each corruption changes one token:
+
+- ``"answer"`` (default) replaces what is copied: the corrupted prompt predicts W, so the
+  clean and corrupted logit differences have opposite signs. Patching finds the copying
+  (the induction heads' values and outputs).
+- ``"previous"`` replaces the token before the answer, so no key matches and nothing is
+  copied (logit difference near 0). Patching finds the key path: the previous-token head
+  in layer 0 and the induction heads' keys (K-composition).
+
 Tokens within a prompt (A, W and filler) are distinct and never the BOS token.
 """
 
@@ -19,14 +27,24 @@ import torch
 
 from src.data.dataset import ContrastDataset
 
+CORRUPTIONS = ("answer", "previous")
+
 
 def make_induction_dataset(
-    n_samples: int, seq_length: int, d_vocab: int, bos_token_id: int, seed: int = 0
+    n_samples: int,
+    seq_length: int,
+    d_vocab: int,
+    bos_token_id: int,
+    seed: int = 0,
+    corruption: str = "answer",
 ) -> ContrastDataset:
-    """``n_samples`` induction pairs of ``seq_length`` tokens over ids ``[0, d_vocab)``.
+    """``n_samples`` induction pairs of ``seq_length`` tokens over ids ``[0, d_vocab)``,
+    corrupted as ``corruption`` says (see the module docstring).
 
     Deterministic for a seed (uses its own ``torch.Generator``, not the global RNG).
     """
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {', '.join(CORRUPTIONS)}; got {corruption!r}")
     if n_samples <= 0:
         raise ValueError(f"n_samples must be > 0, got {n_samples}")
     if seq_length < 4:
@@ -56,7 +74,8 @@ def make_induction_dataset(
     bos = torch.full((n_samples, 1), bos_token_id, dtype=torch.long)
     clean = torch.cat([bos, filler, chunk, chunk[:, :-1]], dim=1)
     corrupted = clean.clone()
-    corrupted[:, 1 + n_filler + half - 1] = wrong
+    answer_position = 1 + n_filler + half - 1
+    corrupted[:, answer_position - (corruption == "previous")] = wrong
     return ContrastDataset(
         name="induction",
         clean_tokens=clean,

@@ -8,20 +8,33 @@ from typing import Any
 
 from src.data.dataset import ContrastDataset, TokenDataset
 from src.data.induction import make_induction_dataset
+from src.data.ioi import make_ioi_dataset
 from src.data.text import make_text_dataset
 from src.models.load import bos_token_id
 
 Dataset = ContrastDataset | TokenDataset
 
 
-def _induction(n_samples: int, seq_length: int, seed: int, model: Any, path: Any) -> Dataset:
+def _induction(
+    n_samples: int, seq_length: int | None, seed: int, model: Any, path: Any, corruption: Any
+) -> Dataset:
+    if seq_length is None:
+        raise ValueError("dataset 'induction' needs a seq_length (data.seq_length)")
     bos = bos_token_id(model)
     if bos is None:
         raise ValueError("dataset 'induction' needs a BOS token; the model's tokenizer has none")
-    return make_induction_dataset(n_samples, seq_length, model.cfg.d_vocab, bos, seed)
+    return make_induction_dataset(
+        n_samples, seq_length, model.cfg.d_vocab, bos, seed, corruption=corruption or "answer"
+    )
 
 
-def _text(n_samples: int, seq_length: int, seed: int, model: Any, path: Any) -> Dataset:
+def _text(
+    n_samples: int, seq_length: int | None, seed: int, model: Any, path: Any, corruption: Any
+) -> Dataset:
+    if seq_length is None:
+        raise ValueError("dataset 'text' needs a seq_length (data.seq_length)")
+    if corruption is not None:
+        raise ValueError("dataset 'text' has no corrupted prompts: leave data.corruption unset")
     if path is None:
         raise ValueError("dataset 'text' needs a path to a text file (data.path in the config)")
     if getattr(model, "tokenizer", None) is None:
@@ -31,20 +44,41 @@ def _text(n_samples: int, seq_length: int, seed: int, model: Any, path: Any) -> 
     )
 
 
-# name -> builder(n_samples, seq_length, seed, model, path); add new datasets here.
-DATASETS: dict[str, Callable[..., Dataset]] = {"induction": _induction, "text": _text}
+def _ioi(
+    n_samples: int, seq_length: int | None, seed: int, model: Any, path: Any, corruption: Any
+) -> Dataset:
+    """IOI prompts of exactly ``seq_length`` tokens (it picks the template group; None: the
+    largest group)."""
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("dataset 'ioi' needs a model with a tokenizer (toy models have none)")
+    dataset = make_ioi_dataset(
+        model.tokenizer, n_samples, seed, seq_length=seq_length, corruption=corruption or "abc"
+    )
+    if dataset.clean_tokens.max() >= model.cfg.d_vocab:
+        raise ValueError(f"the tokenizer's ids exceed the model's d_vocab={model.cfg.d_vocab}")
+    return dataset
+
+
+# name -> builder(n_samples, seq_length, seed, model, path, corruption); add new datasets here.
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "induction": _induction,
+    "text": _text,
+    "ioi": _ioi,
+}
 
 
 def load_dataset(
     name: str,
     n_samples: int,
-    seq_length: int,
+    seq_length: int | None,
     seed: int = 0,
     *,
     model: Any = None,
     path: str | Path | None = None,
+    corruption: str | None = None,
 ) -> Dataset:
-    """Build dataset ``name`` for ``model`` (its vocabulary, tokenizer and context size).
+    """Build dataset ``name`` for ``model`` (its vocabulary, tokenizer and context size);
+    ``corruption`` picks how corrupted prompts are made (None: the dataset's default).
 
     Raises ValueError for an unknown name, a missing model or path, or a ``seq_length``
     longer than the model's context.
@@ -53,8 +87,8 @@ def load_dataset(
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if model is None:
         raise ValueError(f"dataset {name!r} needs a model (for its vocabulary and tokenizer)")
-    if seq_length > model.cfg.n_ctx:
+    if seq_length is not None and seq_length > model.cfg.n_ctx:
         raise ValueError(
             f"seq_length {seq_length} exceeds the model's context n_ctx={model.cfg.n_ctx}"
         )
-    return DATASETS[name](n_samples, seq_length, seed, model, path)
+    return DATASETS[name](n_samples, seq_length, seed, model, path, corruption)

@@ -35,10 +35,13 @@ Indices = tuple[int, ...] | Literal["all"]
 # Keep in sync with src.analysis.metrics.METRICS (a test checks).
 MetricName = Literal["logit_diff", "answer_prob", "answer_logprob", "answer_loss"]
 HookPoint = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+# Keep in sync with src.experiments.patching.COMPONENTS (a test checks).
+Component = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "q", "k", "v", "pattern"]
+Ablation = Literal["corrupted", "mean"]
 SAEArchitecture = Literal["standard", "topk", "batchtopk", "jumprelu"]
 
 # Optional sections of ExperimentConfig that choose what the experiment runs.
-ANALYSIS_SECTIONS: tuple[str, ...] = ("patching",)
+ANALYSIS_SECTIONS: tuple[str, ...] = ("patching", "attribution", "circuit_discovery")
 
 
 class ConfigError(ValueError):
@@ -89,27 +92,61 @@ class ModelConfig:
 class DataConfig:
     dataset: str
     n_samples: int
-    seq_length: int
+    seq_length: int | None  # null: the dataset's own length (e.g. IOI's templates)
     seed: int = 0
     path: str | None = None
+    corruption: str | None = None  # the dataset's own choices; None = its default
 
     def __post_init__(self) -> None:
         _check(self.n_samples > 0, "n_samples", "must be > 0")
-        _check(self.seq_length > 0, "seq_length", "must be > 0")
+        _check(self.seq_length is None or self.seq_length > 0, "seq_length", "must be > 0")
         _check(self.seed >= 0, "seed", "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PatchingConfig:
+    """Activation patching: which activations to patch (clean into corrupted) and where."""
+
     layers: Indices = "all"
     heads: Indices = "all"
     positions: Indices = "all"  # negative positions count from the end
     metric: MetricName = "logit_diff"
+    components: tuple[Component, ...] = ("head_out",)
+    per_position: bool = False  # one patch per (layer, position) instead of all positions
 
     def __post_init__(self) -> None:
         _check_indices(self.layers, "layers")
         _check_indices(self.heads, "heads")
         _check_indices(self.positions, "positions", allow_negative=True)
+        _check(len(self.components) > 0, "components", "expected a non-empty list")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributionConfig(PatchingConfig):
+    """Attribution patching (gradient estimate of activation patching) and direct logit
+    attribution; ``compare: true`` also runs activation patching and reports agreement."""
+
+    compare: bool = True
+    dla: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitDiscoveryConfig:
+    """Edge attribution patching (EAP; EAP-IG when ig_steps > 0), then a faithfulness check
+    that ablates every edge outside the circuit."""
+
+    metric: MetricName = "logit_diff"
+    ig_steps: int = 5  # integrated-gradient steps; 0 = plain EAP
+    top_n: int | None = 20  # keep the top_n edges by |score| ...
+    threshold: float | None = None  # ... or every edge with |score| >= threshold
+    ablation: Ablation = "corrupted"  # what an ablated edge carries
+
+    def __post_init__(self) -> None:
+        _check(self.ig_steps >= 0, "ig_steps", "must be >= 0")
+        chosen = (self.top_n is not None) + (self.threshold is not None)
+        _check(chosen == 1, "top_n", "set exactly one of top_n and threshold (the other null)")
+        _check(self.top_n is None or self.top_n > 0, "top_n", "must be > 0")
+        _check(self.threshold is None or self.threshold >= 0, "threshold", "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +154,7 @@ class OutputConfig:
     results_dir: str
     save_activations: bool = False
     figures: bool = True
+    figures_dir: str = "notebooks/figures"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,17 +163,57 @@ class ExperimentConfig:
     model: ModelConfig
     data: DataConfig
     patching: PatchingConfig | None = None
+    attribution: AttributionConfig | None = None
+    circuit_discovery: CircuitDiscoveryConfig | None = None
     output: OutputConfig
 
     def __post_init__(self) -> None:
         present = [s for s in ANALYSIS_SECTIONS if getattr(self, s) is not None]
         if len(present) > 1:
             raise _FieldError(present[-1], f"one analysis section per config, got {present}")
+        section = self.analysis
+        n = self.data.seq_length
+        if isinstance(section, PatchingConfig) and section.positions != "all" and n is not None:
+            for i, position in enumerate(section.positions):
+                _check(
+                    -n <= position < n,
+                    f"{self.kind}.positions[{i}]",
+                    f"{position} is out of range for data.seq_length {n} (-{n}..{n - 1})",
+                )
+
+    @property
+    def analysis(self) -> Any:
+        """The analysis section's config, or None for a baseline."""
+        return getattr(self, self.kind, None)
 
     @property
     def kind(self) -> str:
         """The analysis section present ("patching", ...), or "baseline" if none."""
         return next((s for s in ANALYSIS_SECTIONS if getattr(self, s) is not None), "baseline")
+
+
+def check_model_fit(
+    cfg: ExperimentConfig, path: str | Path, *, n_layers: int, n_heads: int, attn_only: bool
+) -> None:
+    """Check the analysis section's layers, heads and components against the model, before
+    any forward pass; raise ConfigError naming the file and key."""
+    section = cfg.analysis
+    if not isinstance(section, PatchingConfig):
+        return
+    try:
+        for key, size, what in (("layers", n_layers, "layer"), ("heads", n_heads, "head")):
+            values = getattr(section, key)
+            for i, value in enumerate(() if values == "all" else values):
+                _check(
+                    value < size,
+                    f"{cfg.kind}.{key}[{i}]",
+                    f"{what} {value} is out of range for this model (0..{size - 1})",
+                )
+        if attn_only and "mlp_out" in section.components:
+            i = section.components.index("mlp_out")
+            _check(False, f"{cfg.kind}.components[{i}]", "mlp_out: the model has no MLPs")
+    except _FieldError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 # --- SAE training schema (names follow SAELens 6 where it has one) -----------------------

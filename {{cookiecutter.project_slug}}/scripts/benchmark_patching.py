@@ -1,0 +1,369 @@
+"""Time `activation_patch` against `transformer_lens.patching` on the same inputs.
+
+    python scripts/benchmark_patching.py --model both --device auto [--threads 1]
+
+For every component and layout, runs the matching TransformerLens function (one full
+forward per patched index) and ours on the same model, prompts and metric, and prints a
+table: seconds of each (best of --repeats), the speed-up and the largest absolute
+difference. Models: the trained toy (everything patched) and a random-init model of GPT-2
+small's shape (a subset, below).
+
+- TL is given the clean cache its API takes; building it is not in 'TL s' (it is added in
+  'TL+cache x'). Ours starts from the tokens: its own caching is in its time.
+- GPT-2-sized: only --layers are patched (default: the first and the last, whose mean
+  cost for ours is that of all layers) and, in the per-position head rows, only
+  --positions (default: the corrupted one and the last). TL then runs
+  `generic_activation_patch` with its patch setter over exactly the same indices.
+- pattern: TL's `get_act_patch_attn_head_pattern_*` edit `hook_pattern`, which on native
+  bridges fires after the attention output is computed, so they return the corrupted
+  baseline (the toy run prints this). The TL side patches `hook_z` with (clean pattern @
+  corrupted values) through `generic_activation_patch` instead: the same cost per index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+# `src` is a package in the project root: make it importable however the script is run.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["toy", "gpt2-sized", "both"], default="both")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--n-prompts", type=int, help="prompts (default: toy 8, gpt2-sized 2)")
+    parser.add_argument("--seq", type=int, help="tokens per prompt (default: toy 31, gpt2 32)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per side (best kept)")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        help="layers patched on the GPT-2-sized model (default: the first and the last)",
+    )
+    parser.add_argument(
+        "--positions",
+        type=int,
+        nargs="+",
+        help="positions of the GPT-2-sized per-position head rows (default: the corrupted "
+        "one and the last; residual rows patch every position)",
+    )
+    parser.add_argument("--memory-budget-mb", type=float, default=1024, help="for ours")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--components", nargs="+", help="only these components")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Row:
+    component: str
+    layout: str
+    n_patches: int
+    tl_s: float
+    cache_s: float
+    ours_s: float
+    max_diff: float
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn: Callable[[], Any], repeats: int, device: Any) -> tuple[float, Any]:
+    """Fastest of ``repeats`` runs of ``fn`` (seconds), and its last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def toy_inputs(device: Any, n_prompts: int, seq: int) -> tuple[Any, Any, Any, Callable]:
+    from src.analysis.metrics import bind_metric
+    from src.data.induction import make_induction_dataset
+    from src.models.load import load_model
+    from src.models.toy import TOY_BOS_TOKEN_ID
+
+    model = load_model("toy-induction", device=device)
+    data = make_induction_dataset(n_prompts, seq, model.cfg.d_vocab, TOY_BOS_TOKEN_ID, seed=0)
+    data = data.to(model.cfg.device)
+    metric = bind_metric("logit_diff", data.answer_tokens, data.wrong_tokens)
+    return model, data.clean_tokens, data.corrupted_tokens, metric
+
+
+def gpt2_sized_inputs(device: Any, n_prompts: int, seq: int) -> tuple[Any, Any, Any, Callable]:
+    """A random-init model of GPT-2 small's shape; corrupted = clean with the middle token
+    changed; metric = final logit difference of two random tokens."""
+    import torch
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from src.analysis.metrics import bind_metric
+
+    cfg = TransformerBridgeConfig(
+        n_layers=12,
+        d_model=768,
+        n_ctx=max(64, seq),
+        d_head=64,
+        n_heads=12,
+        d_vocab=50257,
+        d_mlp=3072,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        attn_only=False,
+        positional_embedding_type="standard",
+        seed=0,
+    )
+    model = TransformerBridge.boot_native(cfg, device=device).eval()
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, cfg.d_vocab, (n_prompts, seq), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, seq // 2] = torch.randint(0, cfg.d_vocab, (n_prompts,), generator=generator)
+    answer, wrong = torch.randint(0, cfg.d_vocab, (2, n_prompts), generator=generator)
+    device = next(model.parameters()).device
+    metric = bind_metric("logit_diff", answer.to(device), wrong.to(device))
+    return model, clean.to(device), corrupted.to(device), metric
+
+
+def tl_reference(component: str, per_position: bool) -> tuple[Callable | None, tuple[str, ...]]:
+    """The TL patch setter and index axes matching ours (None: a whole-activation setter)."""
+    import transformer_lens.patching as tlp
+
+    if component in ("resid_pre", "attn_out", "mlp_out"):
+        if per_position:
+            return tlp.layer_pos_patch_setter, ("layer", "pos")
+        return None, ("layer",)
+    if component == "pattern":
+        if per_position:
+            return _z_by_dest_setter, ("layer", "head_index", "dest_pos")
+        return tlp.layer_head_vector_patch_setter, ("layer", "head")
+    if per_position:
+        return tlp.layer_pos_head_vector_patch_setter, ("layer", "pos", "head")
+    return tlp.layer_head_vector_patch_setter, ("layer", "head")
+
+
+def _whole_setter(corrupted: Any, index: Any, clean: Any) -> Any:
+    return clean.clone()
+
+
+def _z_by_dest_setter(corrupted: Any, index: Any, clean: Any) -> Any:
+    layer, head, dest = index
+    corrupted[:, dest, head] = clean[:, dest, head]
+    return corrupted
+
+
+TL_NAMES = {"head_out": "z", "pattern": "z"}  # our component -> TL's activation name
+# (component, per_position) -> the named TL function, used when every layer is patched
+TL_FUNCTIONS = {
+    ("resid_pre", True): "get_act_patch_resid_pre",
+    ("attn_out", True): "get_act_patch_attn_out",
+    ("mlp_out", True): "get_act_patch_mlp_out",
+    **{
+        (component, per_position): f"get_act_patch_attn_head_{tl}_{layout}"
+        for component, tl in (("head_out", "out"), ("q", "q"), ("k", "k"), ("v", "v"))
+        for per_position, layout in ((False, "all_pos"), (True, "by_pos"))
+    },
+}
+
+
+def run_tl(
+    model: Any,
+    corrupted: Any,
+    cache: Any,
+    metric: Callable,
+    component: str,
+    per_position: bool,
+    subset: dict[str, list[int]],
+) -> Any:
+    """TL's result in our layout (NaN outside ``subset``, axis -> indices): the named TL
+    function when everything is patched, else `generic_activation_patch` with the same
+    patch setter over the same indices."""
+    import itertools
+
+    import pandas as pd
+    import torch
+    import transformer_lens.patching as tlp
+
+    from src.experiments.patching import n_heads_of, result_axes
+
+    axes = result_axes(component, per_position)
+    sizes = {
+        "layer": model.cfg.n_layers,
+        "pos": corrupted.shape[1],
+        "head": n_heads_of(model, component),
+    }
+    ranges = {axis: subset.get(axis, list(range(sizes[axis]))) for axis in axes}
+    named = TL_FUNCTIONS.get((component, per_position))
+    if named and all(ranges[axis] == list(range(sizes[axis])) for axis in axes):
+        with contextlib.redirect_stderr(io.StringIO()):  # TL's tqdm bar
+            return getattr(tlp, named)(model, corrupted, cache, metric).float().cpu()
+    setter, tl_axes = tl_reference(component, per_position)
+    index_df = pd.DataFrame(
+        list(itertools.product(*(ranges[axis] for axis in axes))), columns=list(tl_axes)
+    )
+    with contextlib.redirect_stderr(io.StringIO()):
+        flat = tlp.generic_activation_patch(
+            model,
+            corrupted,
+            cache,
+            metric,
+            setter or _whole_setter,
+            TL_NAMES.get(component, component),
+            index_df=index_df,
+        )
+    result = torch.full([sizes[axis] for axis in axes], float("nan"))
+    result[tuple(torch.tensor(index_df.values).T)] = flat.float().cpu()
+    return result
+
+
+def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Row]:
+    import torch
+
+    from src.experiments.patching import (
+        COMPONENTS,
+        HEAD_COMPONENTS,
+        activation_patch,
+        pattern_times_values,
+        result_axes,
+    )
+
+    toy = name == "toy"
+    n_prompts = args.n_prompts or (8 if toy else 2)
+    seq = args.seq or (31 if toy else 32)
+    make = toy_inputs if toy else gpt2_sized_inputs
+    model, clean, corrupted, metric = make(device, n_prompts, seq)
+    n_layers = model.cfg.n_layers
+    subset: dict[str, list[int]] = {}  # the toy: everything
+    if not toy:
+        subset["layer"] = sorted(args.layers or [0, n_layers - 1])
+        subset["pos"] = sorted(args.positions or [seq // 2, seq - 1])
+    with torch.no_grad():
+        cache_s, (_, cache) = best_time(lambda: model.run_with_cache(clean), 1, device)
+        _, corrupted_cache = model.run_with_cache(corrupted)
+        z_cache = {
+            f"blocks.{layer}.attn.hook_z": pattern_times_values(
+                cache[f"blocks.{layer}.attn.hook_pattern"],
+                corrupted_cache[f"blocks.{layer}.attn.hook_v"],
+            )
+            for layer in range(n_layers)
+        }
+        baseline = metric(model(corrupted)).item()
+    what = ", ".join(f"{axis} {v}" for axis, v in subset.items()) or "every index"
+    print(
+        f"\n## {name}: {n_layers} layers, d_model {model.cfg.d_model}, d_vocab "
+        f"{model.cfg.d_vocab}, {n_prompts} prompts x {seq} tokens, device {device}, "
+        f"threads {torch.get_num_threads()}, best of {args.repeats}, memory budget "
+        f"{args.memory_budget_mb:g} MB\npatched, the same on both sides: {what} (positions: "
+        f"per-position head rows only); TL's clean cache took {cache_s:.3f} s: not in "
+        f"'TL s', added in 'TL+cache x'"
+    )
+    rows = []
+    for component in args.components or COMPONENTS:
+        if component == "mlp_out" and model.cfg.attn_only:
+            continue
+        for per_position in (False, True):
+            heads_row = component in HEAD_COMPONENTS and per_position
+            kept = {k: v for k, v in subset.items() if k != "pos" or heads_row}
+            tl_cache = z_cache if component == "pattern" else cache
+            tl = partial(run_tl, model, corrupted, tl_cache, metric, component, per_position, kept)
+            ours_fn = partial(
+                activation_patch,
+                model,
+                clean,
+                corrupted,
+                metric,
+                component,
+                per_position,
+                layers=kept.get("layer"),
+                positions=kept.get("pos"),
+                memory_budget_mb=args.memory_budget_mb,
+            )
+            with torch.no_grad():
+                tl_s, ref = best_time(tl, args.repeats, device)
+            ours_s, ours = best_time(ours_fn, args.repeats, device)
+            done = ~torch.isnan(ref)
+            assert torch.equal(done, ~torch.isnan(ours)), "patched indices differ"
+            rows.append(
+                Row(
+                    component=component,
+                    layout="[" + ", ".join(result_axes(component, per_position)) + "]",
+                    n_patches=int(done.sum()),
+                    tl_s=tl_s,
+                    cache_s=cache_s,
+                    ours_s=ours_s,
+                    max_diff=(ref[done] - ours[done]).abs().max().item(),
+                )
+            )
+            print_row(rows[-1], header=len(rows) == 1)
+    if toy and (args.components is None or "pattern" in args.components):
+        import transformer_lens.patching as tlp
+
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            tl_pattern = tlp.get_act_patch_attn_head_pattern_all_pos(
+                model, corrupted, cache, metric
+            )
+        print(
+            f"note: TL's own get_act_patch_attn_head_pattern_all_pos here: max |value - "
+            f"corrupted baseline| = {(tl_pattern - baseline).abs().max().item():.2e}"
+        )
+    tl_total, ours_total = sum(r.tl_s for r in rows), sum(r.ours_s for r in rows)
+    print(
+        f"total: TL {tl_total:.2f} s, ours {ours_total:.2f} s, {tl_total / ours_total:.1f}x; "
+        f"rows >= 3x: {sum(r.tl_s / r.ours_s >= 3 for r in rows)} of {len(rows)} "
+        f"({sum((r.tl_s + r.cache_s) / r.ours_s >= 3 for r in rows)} with TL's cache)"
+    )
+    return rows
+
+
+def print_row(row: Row, header: bool = False) -> None:
+    if header:
+        print(
+            f"{'component':<10} {'layout':<19} {'patches':>7} {'TL s':>8} {'ours s':>8} "
+            f"{'speed-up':>8} {'TL+cache x':>10} {'max |diff|':>10}"
+        )
+    print(
+        f"{row.component:<10} {row.layout:<19} {row.n_patches:>7} {row.tl_s:>8.3f} "
+        f"{row.ours_s:>8.3f} {row.tl_s / row.ours_s:>7.1f}x "
+        f"{(row.tl_s + row.cache_s) / row.ours_s:>9.1f}x {row.max_diff:>10.2e}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from src.models.load import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = ["toy", "gpt2-sized"] if args.model == "both" else [args.model]
+    for name in names:
+        benchmark_model(name, args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
