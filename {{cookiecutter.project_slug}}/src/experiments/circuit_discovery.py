@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from src.analysis.metrics import bind_metric
 from src.data.dataset import ContrastDataset
-from src.experiments.results import ci_dict
+from src.experiments.results import batches, ci_dict
 from src.utils.files import write_text_atomic
 
 QKV = ("q", "k", "v")
@@ -246,15 +246,11 @@ def _record(store: dict[str, Tensor], name: str) -> Callable:
     return hook
 
 
-def _batches(dataset: ContrastDataset, batch_size: int) -> list[ContrastDataset]:
-    return [dataset[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
-
-
 def _mean_upstream(model: Any, dataset: ContrastDataset, graph: Graph, batch_size: int) -> Tensor:
     """Mean over clean prompts of every upstream output, per position: [p, n_upstream, d]."""
     device = next(model.parameters()).device
     total = None
-    for batch in _batches(dataset, batch_size):
+    for batch in batches(dataset, batch_size):
         acts = upstream_activations(model, batch.clean_tokens.to(device), graph).sum(0)
         total = acts if total is None else total + acts
     return total / len(dataset)
@@ -291,12 +287,12 @@ def edge_scores(
     scores = torch.zeros(len(graph.upstream), len(graph.downstream), device=device)
     steps = max(ig_steps, 1)
     bar = tqdm(
-        total=len(_batches(dataset, batch_size)) * steps,
+        total=len(batches(dataset, batch_size)) * steps,
         desc="edge attribution",
         disable=not progress,
         leave=False,
     )
-    for batch in _batches(dataset, batch_size):
+    for batch in batches(dataset, batch_size):
         batch = batch.to(device)
         fn = bind_metric(metric, batch.answer_tokens, batch.wrong_tokens)
         clean = upstream_activations(model, batch.clean_tokens, graph)
@@ -451,7 +447,7 @@ def evaluate_circuit(
     keep = keep.to(device)
     mean = _mean_upstream(model, dataset, graph, batch_size) if ablation == "mean" else None
     out: dict[str, list[Tensor]] = {"clean": [], "ablated": [], "circuit": []}
-    for batch in _batches(dataset, batch_size):
+    for batch in batches(dataset, batch_size):
         batch = batch.to(device)
         fn = bind_metric(metric, batch.answer_tokens, batch.wrong_tokens, per_prompt=True)
         out["clean"].append(fn(model(batch.clean_tokens)))
