@@ -5,13 +5,18 @@ over prompts."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from src.analysis.attribution import attribution_patch, direct_logit_attribution, result_axes
+from src.analysis.attribution import (
+    HEAD_COMPONENTS,
+    attribution_patch,
+    direct_logit_attribution,
+    result_axes,
+)
 from src.data.dataset import ContrastDataset
 from src.experiments.patching import activation_patch
 from src.experiments.results import (
@@ -19,14 +24,13 @@ from src.experiments.results import (
     batches,
     ci_dict,
     effect_summary,
+    over_batches,
     per_prompt_metric,
+    results_header,
     save_effect_figures,
+    sweep_indices,
     token_labels,
 )
-
-
-def _indices(value: Any) -> list[int] | None:
-    return None if value == "all" else list(value)
 
 
 def run_attribution_experiment(
@@ -43,48 +47,29 @@ def run_attribution_experiment(
     section = config.attribution
     device = next(model.parameters()).device
     clean, corrupted = baselines(model, dataset, section.metric, batch_size)
-    where = {
-        "layers": _indices(section.layers),
-        "heads": _indices(section.heads),
-        "positions": _indices(section.positions) if section.per_position else None,
-    }
-    results: dict[str, Any] = {
-        "n_samples": len(dataset),
-        "metric": section.metric,
-        "clean_metric": clean.mean().item(),
-        "corrupted_metric": corrupted.mean().item(),
-        "baselines": {"clean": ci_dict(clean), "corrupted": ci_dict(corrupted)},
-        "components": {},
-        "figures": [],
-    }
+    results = results_header(clean, corrupted, section.metric)
     figures_dir = Path(config.output.figures_dir)
     labels = token_labels(model, dataset.clean_tokens)
     steps = [b.to(device) for b in batches(dataset, batch_size)]
     for component in section.components:
         axes = result_axes(component, section.per_position)
-        estimate = torch.cat(
-            [
-                attribution_patch(
-                    model, b.clean_tokens, b.corrupted_tokens, per_prompt_metric(b, section.metric),
-                    component, section.per_position, **where,
-                ).cpu()
-                for b in tqdm(steps, desc=f"attribution {component}", disable=not progress)
-            ],
-            dim=-1,
-        )  # fmt: skip
+        where = sweep_indices(section, component in HEAD_COMPONENTS)
+
+        def run(patch: Any, b: ContrastDataset, component: str = component, where: dict = where):
+            metric = per_prompt_metric(b, section.metric)
+            return patch(
+                model, b.clean_tokens, b.corrupted_tokens, metric, component,
+                section.per_position, **where,
+            )  # fmt: skip
+
+        estimate = over_batches(
+            partial(run, attribution_patch), steps, f"attribution {component}", progress
+        )
         entry = {"attribution": effect_summary(estimate, axes, clean, corrupted)}
         if section.compare:
-            actual = torch.cat(
-                [
-                    activation_patch(
-                        model, b.clean_tokens, b.corrupted_tokens,
-                        per_prompt_metric(b, section.metric), component, section.per_position,
-                        **where,
-                    )
-                    for b in tqdm(steps, desc=f"patching {component}", disable=not progress)
-                ],
-                dim=-1,
-            )  # fmt: skip
+            actual = over_batches(
+                partial(run, activation_patch), steps, f"patching {component}", progress
+            )
             entry["activation_patching"] = effect_summary(actual, axes, clean, corrupted)
             entry["pearson_r"] = pearson(estimate.mean(-1), actual.mean(-1))
             results[f"{component}_pearson_r"] = entry["pearson_r"]

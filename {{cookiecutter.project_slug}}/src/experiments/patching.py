@@ -49,10 +49,12 @@ from src.data.dataset import ContrastDataset
 from src.experiments.results import (
     baselines,
     batches,
-    ci_dict,
     effect_summary,
+    over_batches,
     per_prompt_metric,
+    results_header,
     save_effect_figures,
+    sweep_indices,
     token_labels,
 )
 
@@ -601,36 +603,20 @@ def run_patching_experiment(
     section = config.patching
     device = _device(model)
     clean, corrupted = baselines(model, dataset, section.metric, batch_size)
-    where = {
-        "layers": None if section.layers == "all" else list(section.layers),
-        "heads": None if section.heads == "all" else list(section.heads),
-        "positions": None
-        if section.positions == "all" or not section.per_position
-        else list(section.positions),
-    }
-    results: dict[str, Any] = {
-        "n_samples": len(dataset),
-        "metric": section.metric,
-        "clean_metric": clean.mean().item(),
-        "corrupted_metric": corrupted.mean().item(),
-        "baselines": {"clean": ci_dict(clean), "corrupted": ci_dict(corrupted)},
-        "components": {},
-        "figures": [],
-    }
+    results = results_header(clean, corrupted, section.metric)
     labels = token_labels(model, dataset.clean_tokens)
     steps = [b.to(device) for b in batches(dataset, batch_size)]
     for component in section.components:
-        per_prompt = torch.cat(
-            [
-                activation_patch(
-                    model, b.clean_tokens, b.corrupted_tokens,
-                    per_prompt_metric(b, section.metric), component, section.per_position,
-                    **(where if component in HEAD_COMPONENTS else {**where, "heads": None}),
-                )
-                for b in tqdm(steps, desc=f"patching {component}", disable=not progress)
-            ],
-            dim=-1,
-        )  # fmt: skip
+        where = sweep_indices(section, component in HEAD_COMPONENTS)
+
+        def patch(b: ContrastDataset, component: str = component, where: dict = where) -> Tensor:
+            metric = per_prompt_metric(b, section.metric)
+            return activation_patch(
+                model, b.clean_tokens, b.corrupted_tokens, metric, component,
+                section.per_position, **where,
+            )  # fmt: skip
+
+        per_prompt = over_batches(patch, steps, f"patching {component}", progress)
         axes = result_axes(component, section.per_position)
         summary = effect_summary(per_prompt, axes, clean, corrupted)
         results["components"][component] = summary

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from src.analysis.metrics import bind_metric, normalize
 from src.analysis.statistics import bootstrap_ci
@@ -156,3 +157,42 @@ def token_labels(model: Any, tokens: Tensor) -> list[str] | None:
     if tokenizer is None:
         return None
     return [f"{i}:{tokenizer.decode([t])}" for i, t in enumerate(tokens[0].tolist())]
+
+
+def sweep_indices(section: Any, per_head: bool) -> dict[str, list[int] | None]:
+    """The ``layers`` / ``heads`` / ``positions`` subsets of a patching-style config section
+    ("all" -> None; heads only for a ``per_head`` component, positions only per position), as
+    keyword arguments of ``activation_patch`` / ``attribution_patch``."""
+
+    def chosen(value: Any, used: bool = True) -> list[int] | None:
+        return None if value == "all" or not used else list(value)
+
+    return {
+        "layers": chosen(section.layers),
+        "heads": chosen(section.heads, per_head),
+        "positions": chosen(section.positions, section.per_position),
+    }
+
+
+def results_header(clean: Tensor, corrupted: Tensor, metric: str) -> dict[str, Any]:
+    """The start of a sweep's results: sizes and both baselines with CIs."""
+    return {
+        "n_samples": len(clean),
+        "metric": metric,
+        "clean_metric": clean.mean().item(),
+        "corrupted_metric": corrupted.mean().item(),
+        "baselines": {"clean": ci_dict(clean), "corrupted": ci_dict(corrupted)},
+        "components": {},
+        "figures": [],
+    }
+
+
+def over_batches(
+    fn: Callable[[ContrastDataset], Tensor],
+    steps: list[ContrastDataset],
+    desc: str,
+    progress: bool,
+) -> Tensor:
+    """``fn`` on each batch, per-prompt results joined along the last (prompt) axis."""
+    parts = [fn(b).cpu() for b in tqdm(steps, desc=desc, disable=not progress)]
+    return torch.cat(parts, dim=-1)
