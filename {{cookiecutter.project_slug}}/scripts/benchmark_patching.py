@@ -18,6 +18,12 @@ small's shape (a subset, below).
   bridges fires after the attention output is computed, so they return the corrupted
   baseline (the toy run prints this). The TL side patches `hook_z` with (clean pattern @
   corrupted values) through `generic_activation_patch` instead: the same cost per index.
+
+A second table sums each component's two layouts (its whole sweep). Rows with only a few
+whole-layer patches ([layer] with 2 layers) cannot reach the per-position speed-ups on a
+CPU: TL runs one forward per patch, and ours must still run its own clean forward (TL is
+handed the cache) and, for a patch at layer 0, a whole forward too; batching, not layer
+skipping, is what pays there, and a CPU gains little from bigger batches. On a GPU it does.
 """
 
 from __future__ import annotations
@@ -323,6 +329,7 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
             f"note: TL's own get_act_patch_attn_head_pattern_all_pos here: max |value - "
             f"corrupted baseline| = {(tl_pattern - baseline).abs().max().item():.2e}"
         )
+    print_components(rows)
     tl_total, ours_total = sum(r.tl_s for r in rows), sum(r.ours_s for r in rows)
     print(
         f"total: TL {tl_total:.2f} s, ours {ours_total:.2f} s, {tl_total / ours_total:.1f}x; "
@@ -330,6 +337,22 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
         f"({sum((r.tl_s + r.cache_s) / r.ours_s >= 3 for r in rows)} with TL's cache)"
     )
     return rows
+
+
+def print_components(rows: list[Row]) -> None:
+    """Per component, both layouts together: the component's whole sweep."""
+    print(f"\n{'component':<10} {'patches':>7} {'TL s':>8} {'ours s':>8} {'speed-up':>8}")
+    components = dict.fromkeys(row.component for row in rows)
+    fast = 0
+    for component in components:
+        mine = [row for row in rows if row.component == component]
+        tl_s, ours_s = sum(r.tl_s for r in mine), sum(r.ours_s for r in mine)
+        fast += tl_s / ours_s >= 3
+        print(
+            f"{component:<10} {sum(r.n_patches for r in mine):>7} {tl_s:>8.3f} {ours_s:>8.3f} "
+            f"{tl_s / ours_s:>7.1f}x"
+        )
+    print(f"components >= 3x: {fast} of {len(components)}")
 
 
 def print_row(row: Row, header: bool = False) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,6 +181,17 @@ def _validate(
 
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+_HOOK_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _hook_points(model: Any) -> dict[str, Any]:
+    """``model.hook_dict``, resolved once per model: a bridge resolves its aliases again at
+    every access (about 1 ms, as long as a whole toy forward)."""
+    if model not in _HOOK_POINTS:
+        _HOOK_POINTS[model] = model.hook_dict
+    return _HOOK_POINTS[model]
 
 
 _LEVELS = itertools.count(start=-(10**9), step=-1)
@@ -508,6 +520,18 @@ def _unreachable(patcher: _Patcher, indices: list[tuple[int, ...]]) -> dict[tupl
     return dict.fromkeys(skipped, baseline)
 
 
+def _clean_metric(model: Any, points: dict[str, Any], clean: Tensor, metric: Metric) -> Tensor:
+    """``metric`` of the clean run; on a native bridge with a final-position metric, only the
+    final position is unembedded."""
+    n_prompts, n_pos = clean.shape
+    if not (_is_native(model) and _reads_final_position_only(metric, model, n_prompts, n_pos)):
+        return torch.as_tensor(metric(model(clean)))
+    last = model.cfg.n_layers - 1
+    _, acts = _capture(model, points, clean, [_RESID_PRE.format(last)], logits=False)
+    logits = _run_tail(model, acts[_RESID_PRE.format(last)], last, final_only=True)
+    return torch.as_tensor(metric(logits.expand(-1, n_pos, -1)))
+
+
 def activation_patch(
     model: Any,
     clean_tokens: Tensor,
@@ -546,11 +570,11 @@ def activation_patch(
     clean, corrupted = clean_tokens.to(device), corrupted_tokens.to(device)
     indices = spec.indices()
     with torch.no_grad():
+        points = _hook_points(model)
         if component == "resid_pre" and not per_position:
             # the whole residual stream patched: the rest of the run is the clean run
-            values = [torch.as_tensor(metric(model(clean)))] * len(indices)
+            values = [_clean_metric(model, points, clean, metric)] * len(indices)
         else:
-            points = model.hook_dict
             # the corrupted logits are needed to check a non-native bridge's tail only
             inputs = _inputs(model, points, clean, corrupted, spec, logits=not _is_native(model))
             values = _patch_all(
