@@ -15,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-# `src` is a package in the project root: make it importable however the script is run.
+# `src` is a package in the project root, `update_docs` a sibling script: make both
+# importable however the script is run.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
+for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 # config kind (ExperimentConfig.kind) -> "module:function" taking (model, dataset, config).
 # Imported lazily, so that --help stays fast.
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in results.get("figures", []):
         print(f"figure: {path}")
     print(f"log: {log_path}")
+    import update_docs
+
+    for path in update_docs.refresh_after(log_path, PROJECT_ROOT):
+        print(f"updated {path.relative_to(PROJECT_ROOT)}")
     return 0
 
 

@@ -34,19 +34,22 @@ KEY_FILE_GROUPS = {
     "Notebooks": ["notebooks/*.ipynb"],
 }
 FOLDERS = {
-    "data/activations/": "Cached activations (git-ignored; metadata JSON beside each cache)",
+    "data/activations/": "Cached activations (shards git-ignored; metadata JSON tracked)",
     "data/datasets/": "Evaluation datasets (local files)",
     "data/models/": "Trained toy models (git-ignored cache; retrained when missing)",
 }
-# (comment, command, file that must exist for the command to be listed)
+# (comment, command, file that must exist for the command to be listed). Every command runs
+# offline on the toy model (tests/test_commands.py runs each one); pretrained variants are
+# in the comments.
 COMMANDS = [
     (
-        "Run the offline experiment (toy model, no downloads)",
+        "Baseline on the toy model (offline, no downloads)",
         "python scripts/run_experiment.py --config configs/toy_induction.yaml",
         "configs/toy_induction.yaml",
     ),
     (
-        "Activation patching on the toy model: which heads carry the induction answer?",
+        "Activation patching: which heads carry the induction answer? "
+        "(gpt2-small IOI, downloads its weights: --config configs/gpt2_small.yaml)",
         "python scripts/run_experiment.py --config configs/toy_induction_patching.yaml",
         "configs/toy_induction_patching.yaml",
     ),
@@ -61,32 +64,35 @@ COMMANDS = [
         "configs/toy_induction_circuit.yaml",
     ),
     (
-        "Time the fast activation patching against transformer_lens.patching",
-        "python scripts/benchmark_patching.py",
-        "scripts/benchmark_patching.py",
-    ),
-    (
-        "IOI activation patching on gpt2-small (downloads its weights on first use)",
-        "python scripts/run_experiment.py --config configs/gpt2_small.yaml",
-        "configs/gpt2_small.yaml",
-    ),
-    (
-        "Cache activations",
-        "python scripts/cache_activations.py --model toy-induction --layer 0",
+        "Cache activations to data/activations/ (resumes if interrupted; "
+        "gpt2-small: --model gpt2-small --layer 8 --dataset text --path FILE)",
+        "python scripts/cache_activations.py --model toy-induction --layer 0 "
+        "--dataset induction --n-tokens 32768",
         "scripts/cache_activations.py",
     ),
     (
-        "Train SAE",
+        "Train an SAE (configs/toy_sae_training.yaml; gpt2-small: --model gpt2-small --layer 8)",
         "python scripts/train_sae.py --model toy-induction --layer 0",
         "scripts/train_sae.py",
     ),
     (
-        "Generate figures",
+        "Rebuild every figure from data/results/ into notebooks/figures/",
         "python -m src.visualization.generate_all",
         "src/visualization/generate_all.py",
     ),
     (
-        "Refresh the generated sections of CLAUDE.md",
+        "Time the fast activation patching against transformer_lens.patching "
+        "(--model both adds a GPT-2-sized model)",
+        "python scripts/benchmark_patching.py --model toy",
+        "scripts/benchmark_patching.py",
+    ),
+    (
+        "Time activation caching against a bare forward, and its peak memory at two sizes",
+        "python scripts/benchmark_caching.py --model toy",
+        "scripts/benchmark_caching.py",
+    ),
+    (
+        "Refresh the generated sections of CLAUDE.md and AGENTS.md",
         "python scripts/update_docs.py",
         "scripts/update_docs.py",
     ),
@@ -148,32 +154,67 @@ def key_files(root: Path) -> str:
     return "\n".join(lines)
 
 
-def _latest_logs(results_dir: Path) -> dict[str, dict]:
-    """The newest JSON log per experiment name under data/results/."""
-    logs: dict[str, dict] = {}
+def _logs(results_dir: Path) -> list[dict]:
+    """Every JSON run log (a dict with a name and results) under data/results/."""
+    logs = []
     for path in sorted(results_dir.rglob("*.json")):
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if not (isinstance(entry, dict) and "name" in entry and "results" in entry):
-            continue
-        if entry.get("timestamp", "") >= logs.get(entry["name"], {}).get("timestamp", ""):
-            logs[entry["name"]] = entry
+        if isinstance(entry, dict) and "name" in entry and isinstance(entry.get("results"), dict):
+            logs.append(entry)
     return logs
 
 
+def _latest(logs: list[dict]) -> dict | None:
+    return max(logs, key=lambda entry: str(entry.get("timestamp", "")), default=None)
+
+
+def _latest_log(logs: list[dict], cfg: dict, name: str) -> dict | None:
+    """The newest log of a config: by experiment name, or for an SAE config (whose runs are
+    named after model, hook and architecture) by its results folder."""
+    if "sae" not in cfg:
+        return _latest([entry for entry in logs if entry["name"] == name])
+    folder = (cfg.get("output") or {}).get("results_dir")
+    return _latest(
+        [
+            entry
+            for entry in logs
+            if isinstance(entry.get("config"), dict)
+            and (entry["config"].get("output") or {}).get("results_dir") == folder
+        ]
+    )
+
+
+# The result shown first in Current Experiments, when a log has it.
+HEADLINE_KEYS = (
+    "recovered",  # circuit discovery: fraction of the clean metric the circuit keeps
+    "explained_variance",  # SAE training
+    "head_out_pearson_r",  # attribution vs activation patching
+    "head_out_top_effect",  # patching
+    "clean_logit_diff",  # baseline
+)
+
+
 def _headline(results: dict) -> str:
-    """The first numeric result, as `key=value`."""
-    for key, value in results.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{key}={value:.3g}"
-    return ""
+    """The first of HEADLINE_KEYS the results have (else the first number), as `key=value`;
+    an SAE run also shows its L0."""
+    numbers = {
+        key: value
+        for key, value in results.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    key = next((k for k in HEADLINE_KEYS if k in numbers), next(iter(numbers), None))
+    if key is None:
+        return ""
+    extra = [f"l0={numbers['l0']:.3g}"] if key == "explained_variance" and "l0" in numbers else []
+    return " ".join([f"{key}={numbers[key]:.3g}", *extra])
 
 
 def experiments(root: Path) -> str:
     """Markdown table of the shipped configs and the status of their latest run."""
-    logs = _latest_logs(root / "data" / "results")
+    logs = _logs(root / "data" / "results")
     rows = ["| Experiment | Config | Model | Status | Notes |", "|---|---|---|---|---|"]
     for path in sorted((root / "configs").glob("*.yaml")):
         try:
@@ -187,7 +228,7 @@ def experiments(root: Path) -> str:
             name = cfg.get("experiment", {}).get("name", path.stem)
             note = cfg.get("experiment", {}).get("description", "")
         model = cfg.get("model", {}).get("name", "")
-        log = logs.get(name)
+        log = _latest_log(logs, cfg, name)
         if log:
             status = f"Complete ({str(log.get('timestamp', ''))[:10]})"
             note = " ".join(part for part in (_headline(log["results"]), note) if part)
@@ -206,14 +247,36 @@ def commands(root: Path) -> str:
     return "\n".join(lines).rstrip() + "\n```"
 
 
-def shared_resources(root: Path) -> str:
-    """Markdown list of cached activations and result logs, for AGENTS.md."""
-    caches = sorted(
-        p for p in (root / "data" / "activations").glob("*") if not p.name.startswith(".")
+def _cache_line(root: Path, folder: Path) -> str:
+    """One cached-activations folder: what its metadata JSON says it holds."""
+    line = f"- `{folder.relative_to(root).as_posix()}/`"
+    try:
+        meta = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return line + " - no readable metadata.json (incomplete or foreign)"
+    hooks = ", ".join(f"`{name}`" for name in meta.get("hook_names", []))
+    done, total = meta.get("tokens_done", meta.get("n_tokens")), meta.get("n_tokens")
+    state = "complete" if meta.get("complete") else f"partial: {done} of {total} tokens"
+    return (
+        f"{line} - {meta.get('model', '?')}, {hooks or '?'}, {meta.get('dataset', '?')}, "
+        f"{total} tokens, {meta.get('dtype', '?')}, {state}"
     )
-    results = sorted((root / "data" / "results").rglob("*.json"))
+
+
+def shared_resources(root: Path) -> str:
+    """Markdown list of cached activations (from their metadata JSON) and result logs."""
+    activations = root / "data" / "activations"
+    caches = sorted(p for p in activations.glob("*") if p.is_dir() and not p.name.startswith("."))
+    saes = sorted(p.parent for p in (root / "data" / "results").rglob("sae_weights.safetensors"))
+    results = sorted(
+        p
+        for p in (root / "data" / "results").rglob("*.json")
+        if not any(p.is_relative_to(sae) for sae in saes)
+    )
     lines = ["### Cached Activations"]
-    lines += [f"- `{p.relative_to(root).as_posix()}`" for p in caches] or ["- None yet"]
+    lines += [_cache_line(root, p) for p in caches] or ["- None yet"]
+    lines += ["", "### Trained SAEs (SAELens format: `SAE.load_from_disk(path)`)"]
+    lines += [f"- `{p.relative_to(root).as_posix()}/`" for p in saes] or ["- None yet"]
     lines += ["", "### Results"]
     lines += [f"- `{p.relative_to(root).as_posix()}`" for p in results] or ["- None yet"]
     return "\n".join(lines)
@@ -259,6 +322,14 @@ def update(root: Path = ROOT) -> list[Path]:
             tmp.replace(path)
             changed.append(path)
     return changed
+
+
+def refresh_after(written: Path, root: Path = ROOT) -> list[Path]:
+    """Refresh the docs after a run wrote ``written`` (a log or a cache folder), if that lies
+    inside the project ``root``: a run into a temporary folder changes nothing here."""
+    if not Path(written).resolve().is_relative_to(root.resolve()):
+        return []
+    return update(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ def edited(section: str, key: str, value: object = ...) -> dict:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path, tmp_path: Path) -> None:
     cfg = load_config(path)
-    expected = SAETrainingConfig if path.name.startswith("sae") else ExperimentConfig
+    expected = SAETrainingConfig if "sae_training" in path.stem else ExperimentConfig
     assert isinstance(cfg, expected)
     as_dict = config_to_dict(cfg)
     json.dumps(as_dict)  # loggable

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("update_docs", ROOT / "scripts" / "update_docs.py")
@@ -72,3 +73,91 @@ def test_commands_listed_only_when_their_files_exist(project: Path):
 def test_replace_section_without_markers_changes_nothing():
     text = "no markers here\n"
     assert update_docs.replace_section(text, "key-files", "body") == text
+
+
+def test_shared_resources_read_the_cache_metadata(project: Path):
+    (project / "AGENTS.md").write_text(
+        "# Agents\n<!-- generated:shared-resources -->\n<!-- /generated:shared-resources -->\n"
+    )
+    done = project / "data" / "activations" / "toy-induction_0_induction_2000"
+    partial = project / "data" / "activations" / "toy-induction_1_induction_4000"
+    broken = project / "data" / "activations" / "half-written"
+    for folder in (done, partial, broken):
+        folder.mkdir(parents=True)
+    meta = {
+        "model": "toy-induction",
+        "hook_names": ["blocks.0.hook_resid_pre"],
+        "dataset": "induction",
+        "n_tokens": 2000,
+        "tokens_done": 2000,
+        "dtype": "float32",
+        "complete": True,
+    }
+    (done / "metadata.json").write_text(json.dumps(meta))
+    meta.update(n_tokens=4000, tokens_done=1000, complete=False)
+    (partial / "metadata.json").write_text(json.dumps(meta))
+    sae = project / "data" / "results" / "sae_toy" / "sae"
+    sae.mkdir(parents=True)
+    (sae / "sae_weights.safetensors").write_bytes(b"")
+    (sae / "cfg.json").write_text("{}")
+    (sae.parent / "sae_toy_20260102_030405.json").write_text("{}")
+    update_docs.update(project)
+    lines = (project / "AGENTS.md").read_text().splitlines()
+
+    def line_of(folder: Path) -> str:
+        return next(
+            line for line in lines if f"`{folder.relative_to(project).as_posix()}/`" in line
+        )
+
+    assert line_of(done).endswith(
+        "toy-induction, `blocks.0.hook_resid_pre`, induction, 2000 tokens, float32, complete"
+    )
+    assert line_of(partial).endswith("partial: 1000 of 4000 tokens")
+    assert "no readable metadata.json" in line_of(broken)
+    assert "- `data/results/sae_toy/sae/`" in lines
+    assert "- `data/results/sae_toy/sae_toy_20260102_030405.json`" in lines
+    assert not any("cfg.json" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("results", "headline"),
+    [
+        ({"n_prompts": 10, "recovered": 0.912, "clean": 11.5}, "recovered=0.912"),
+        (
+            {"d_in": 64, "explained_variance": 0.8512, "l0": 7.25},
+            "explained_variance=0.851 l0=7.25",
+        ),
+        ({"flag": True, "loss": 2.5}, "loss=2.5"),
+        ({"note": "text only"}, ""),
+    ],
+)
+def test_headline_prefers_the_result_that_matters(results, headline):
+    assert update_docs._headline(results) == headline
+
+
+def test_refresh_after_only_for_runs_inside_the_project(project: Path, tmp_path_factory):
+    claude = project / "CLAUDE.md"
+    before = claude.read_text()
+    outside = tmp_path_factory.mktemp("elsewhere") / "log.json"
+    assert update_docs.refresh_after(outside, project) == []
+    assert claude.read_text() == before
+    assert update_docs.refresh_after(project / "data" / "results" / "x.json", project) == [claude]
+
+
+def test_sae_config_status_follows_its_results_folder(project: Path):
+    config = project / "configs" / "toy_sae_training.yaml"
+    folder = yaml.safe_load(config.read_text())["output"]["results_dir"]
+    log = {
+        "name": "sae_toy-induction_blocks.0.hook_resid_pre_topk",
+        "timestamp": "2026-03-04T05:06:07",
+        "config": {"output": {"results_dir": folder}},
+        "results": {"kind": "sae_training", "d_in": 64, "explained_variance": 0.99, "l0": 4.0},
+    }
+    (project / "data" / "results" / "run.json").write_text(json.dumps(log))
+    update_docs.update(project)
+    row = next(
+        line
+        for line in (project / "CLAUDE.md").read_text().splitlines()
+        if line.startswith("|") and "`configs/toy_sae_training.yaml`" in line
+    )
+    assert "Complete (2026-03-04)" in row and "explained_variance=0.99 l0=4" in row

@@ -50,6 +50,7 @@ def run_attribution_experiment(
     results = results_header(clean, corrupted, section.metric)
     figures_dir = Path(config.output.figures_dir)
     labels = token_labels(model, dataset.clean_tokens)
+    results["token_labels"] = labels  # generate_all redraws the heatmaps from the log
     steps = [b.to(device) for b in batches(dataset, batch_size)]
     for component in section.components:
         axes = result_axes(component, section.per_position)

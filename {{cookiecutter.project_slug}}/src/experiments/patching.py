@@ -629,6 +629,7 @@ def run_patching_experiment(
     clean, corrupted = baselines(model, dataset, section.metric, batch_size)
     results = results_header(clean, corrupted, section.metric)
     labels = token_labels(model, dataset.clean_tokens)
+    results["token_labels"] = labels  # generate_all redraws the heatmaps from the log
     steps = [b.to(device) for b in batches(dataset, batch_size)]
     for component in section.components:
         where = sweep_indices(section, component in HEAD_COMPONENTS)

@@ -235,26 +235,48 @@ class HookConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SAEDataConfig:
+    """The tokens whose activations are cached: ``n_tokens`` for training (the cache is
+    ``data/activations/{model}_{layer}_{dataset}_{n_tokens}``; training loops over it) and
+    ``n_eval_tokens`` of held-out prompts (another seed, none of the training ones)."""
+
     dataset: str
     context_size: int
+    n_tokens: int | None = None  # tokens cached for training; null: training.n_tokens
+    n_eval_tokens: int = 65_536  # held-out tokens for the evaluation
     seed: int = 0
     path: str | None = None
+    batch_size: int = 32  # sequences per forward pass while caching
+    dtype: Dtype | None = None  # stored dtype of the cache; null: the model's
 
     def __post_init__(self) -> None:
         _check(self.context_size > 0, "context_size", "must be > 0")
+        for key in ("n_tokens", "n_eval_tokens"):
+            _check(
+                getattr(self, key) is None or getattr(self, key) >= self.context_size,
+                key,
+                f"must be >= context_size ({self.context_size}): one sequence at least",
+            )
         _check(self.seed >= 0, "seed", "must be >= 0")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SAEConfig:
     architecture: SAEArchitecture = "standard"
     expansion_factor: int = 16  # d_sae = expansion_factor * d_in
-    k: int | None = None  # active latents; topk and batchtopk only
-    l1_coefficient: float = 5.0  # sparsity penalty; standard and jumprelu only
+    k: int | None = None  # active latents per token; topk and batchtopk only
+    # Sparsity penalty, standard and jumprelu only: L1 for standard, L0 for jumprelu
+    # (SAELens: l1_coefficient / l0_coefficient); ramped up over l1_warm_up_steps.
+    l1_coefficient: float = 5.0
+    l1_warm_up_steps: int = 0
+    # "expected_average_only_in": scale inputs to mean norm sqrt(d_in) while training
+    # (folded into the saved weights), so one lr and penalty fit any model's scale.
+    normalize_activations: Literal["none", "expected_average_only_in"] = "none"
 
     def __post_init__(self) -> None:
         _check(self.expansion_factor > 0, "expansion_factor", "must be > 0")
         _check(self.l1_coefficient >= 0, "l1_coefficient", "must be >= 0")
+        _check(self.l1_warm_up_steps >= 0, "l1_warm_up_steps", "must be >= 0")
         if self.architecture in ("topk", "batchtopk"):
             _check(self.k is not None, "k", f"required for architecture {self.architecture!r}")
             _check(self.k > 0, "k", "must be > 0")
@@ -264,16 +286,20 @@ class SAEConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    n_tokens: int  # total training tokens (SAELens: training_tokens)
+    n_tokens: int  # total training tokens (SAELens: training_tokens); loops over the cache
     batch_size: int = 4096  # tokens per step (SAELens: train_batch_size_tokens)
     lr: float = 3e-4
+    # Linear warm-up over the first steps, linear decay to 0 over the last ones (both cut
+    # to fit when n_tokens // batch_size is smaller, e.g. with --n-tokens).
     lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "batch_size", "must be > 0")
         _check(self.n_tokens >= self.batch_size, "n_tokens", "must be >= batch_size")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.lr_warm_up_steps >= 0, "lr_warm_up_steps", "must be >= 0")
+        _check(self.lr_decay_steps >= 0, "lr_decay_steps", "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

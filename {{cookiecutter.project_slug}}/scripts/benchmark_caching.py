@@ -1,0 +1,282 @@
+"""Benchmark activation caching: throughput against a bare forward, and peak memory.
+
+    python scripts/benchmark_caching.py --model both --device auto [--threads 2]
+
+Throughput (one process, the same token batches, best of --repeats, run in turn):
+- bare: ``model(tokens)``, the full forward with logits, no hooks;
+- to hook: the forward stopped after the hook, nothing stored (what caching must compute);
+- caching: ``cache_activations`` into a temporary folder (shards written and fsynced).
+'x bare' is caching tokens/s over bare tokens/s (goal >= 0.8); 'x to hook' shows the cost of
+storing alone. Caching stops at the hook, so it can beat the full forward.
+
+Peak RSS: ``cache_activations`` at two cache sizes 10x apart, each in a fresh subprocess that
+reports its own peak resident memory (ru_maxrss); goal: within 10%.
+
+Models: the trained toy (``toy-induction``) and a random-init model of GPT-2 small's shape
+(12 layers, d_model 768; no download), with random tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# `src` is a package in the project root: make it importable however the script is run.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+# per model: hooks timed, context, tokens timed, batch size, RSS sizes (small; large = 10x)
+PER_MODEL = ("hooks", "n_tokens", "batch_size", "rss_tokens", "shard_tokens")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "toy": {
+        "hooks": ["blocks.1.hook_resid_post"],  # the last block: no early stop to gain from
+        "context": 32,
+        "n_tokens": 2**16,
+        "batch_size": 64,
+        "rss_tokens": 2**17,
+        "shard_tokens": 2**16,
+    },
+    "gpt2-sized": {
+        "hooks": ["blocks.8.hook_resid_pre", "blocks.11.hook_resid_post"],
+        "context": 128,
+        "n_tokens": 2**13,
+        "batch_size": 16,
+        "rss_tokens": 2**12,
+        "shard_tokens": 2**11,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["toy", "gpt2-sized", "both"], default="toy")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--hooks", nargs="+", help="hook names timed (default: per model)")
+    parser.add_argument("--n-tokens", type=int, help="tokens per timed run (default: per model)")
+    parser.add_argument("--batch-size", type=int, help="sequences per forward (default: per model)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (best kept)")
+    parser.add_argument(
+        "--rss-tokens", type=int, help="smaller cache size for peak RSS (default: per model)"
+    )
+    parser.add_argument("--shard-tokens", type=int, help="tokens per shard (default: per model)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS table")
+    parser.add_argument("--tmp-dir", type=Path, help="where caches are written (default: /tmp)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def make_model(kind: str, device: str) -> Any:
+    """The toy model, or a random-init bridge of GPT-2 small's shape (as benchmark_patching)."""
+    from src.models.load import load_model, resolve_device
+
+    if kind == "toy":
+        return load_model("toy-induction", device=device)
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = TransformerBridgeConfig(
+        n_layers=12,
+        d_model=768,
+        n_ctx=1024,
+        d_head=64,
+        n_heads=12,
+        d_vocab=50257,
+        d_mlp=3072,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        attn_only=False,
+        positional_embedding_type="standard",
+        seed=0,
+    )
+    return TransformerBridge.boot_native(cfg, device=resolve_device(device)).eval()
+
+
+def random_tokens(model: Any, n_tokens: int, context: int) -> Any:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, model.cfg.d_vocab, (n_tokens // context, context), generator=generator)
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Stop(Exception):
+    pass
+
+
+def bare_forward(model: Any, tokens: Any, batch_size: int, hook: str | None = None) -> None:
+    """Forwards over ``tokens`` in batches; stopped after ``hook`` when given, nothing kept."""
+    import torch
+
+    device = next(model.parameters()).device
+    point = model.hook_dict[hook] if hook else None
+
+    def stop(act: Any, hook: Any) -> None:
+        raise _Stop
+
+    if point is not None:
+        point.add_hook(stop, level=-7)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(tokens), batch_size):
+                with contextlib.suppress(_Stop):
+                    model(tokens[start : start + batch_size].to(device))
+        sync(device)
+    finally:
+        if point is not None:
+            point.remove_hooks("fwd", level=-7)
+
+
+def cache_once(model: Any, tokens: Any, hooks: list[str], args: argparse.Namespace) -> None:
+    from src.data.activation_cache import cache_activations
+
+    out = Path(tempfile.mkdtemp(prefix="bench-cache-", dir=args.tmp_dir))
+    try:
+        cache_activations(
+            model, tokens, hooks, out, batch_size=args.batch_size, shard_tokens=args.shard_tokens
+        )
+        sync(next(model.parameters()).device)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def throughput_rows(kind: str, args: argparse.Namespace) -> list[str]:
+    model = make_model(kind, args.device)
+    tokens = random_tokens(model, args.n_tokens, args.context)
+    n = tokens.numel()
+    bare_forward(model, tokens[: args.batch_size], args.batch_size)  # warm-up
+    rows = []
+    for hook in args.hooks:
+        cache_once(model, tokens[: args.batch_size], [hook], args)  # warm-up
+        times: dict[str, list[float]] = {"bare": [], "hook": [], "cache": []}
+        for _ in range(args.repeats):  # in turn, so that load on the machine hits all alike
+            times["bare"].append(timed(lambda: bare_forward(model, tokens, args.batch_size)))
+            times["hook"].append(
+                timed(lambda h=hook: bare_forward(model, tokens, args.batch_size, h))
+            )
+            times["cache"].append(timed(lambda h=hook: cache_once(model, tokens, [h], args)))
+        bare, to_hook, cache = (n / min(times[k]) for k in ("bare", "hook", "cache"))
+        rows.append(
+            f"| {kind} | {hook} | {n} | {bare:,.0f} | {to_hook:,.0f} | {cache:,.0f} "
+            f"| {cache / bare:.2f} | {cache / to_hook:.2f} |"
+        )
+    return rows
+
+
+def child(kind: str, args: argparse.Namespace) -> None:
+    """Cache ``args.n_tokens`` tokens and print this process's peak RSS (MiB) as JSON."""
+    import resource
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = make_model(kind, args.device)
+    tokens = random_tokens(model, args.n_tokens, args.context)
+    cache_once(model, tokens[:1], args.hooks[:1], args)  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    cache_once(model, tokens, args.hooks[:1], args)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before_mib": before, "peak_mib": peak, "seconds": seconds}))
+
+
+def rss_rows(kind: str, args: argparse.Namespace) -> list[str]:
+    results = []
+    for n_tokens in (args.rss_tokens, 10 * args.rss_tokens):
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--model",
+            kind,
+            "--device",
+            args.device,
+            "--n-tokens",
+            str(n_tokens),
+            "--batch-size",
+            str(args.batch_size),
+            "--shard-tokens",
+            str(args.shard_tokens),
+            "--hooks",
+            args.hooks[0],
+        ]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        if args.tmp_dir:
+            command += ["--tmp-dir", str(args.tmp_dir)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"child run failed:\n{done.stderr[-2000:]}")
+        results.append((n_tokens, json.loads(done.stdout.strip().splitlines()[-1])))
+    (small, a), (large, b) = results
+    return [
+        f"| {kind} | {args.hooks[0]} | {n} | {r['before_mib']:,.0f} | {r['peak_mib']:,.0f} "
+        f"| {n / r['seconds']:,.0f} |"
+        for n, r in results
+    ] + [f"| {kind} | large / small peak | | | {b['peak_mib'] / a['peak_mib']:.3f} | |"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from src.models.load import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kinds = ["toy", "gpt2-sized"] if args.model == "both" else [args.model]
+    if args.child:  # every setting is passed by rss_rows
+        args.context = DEFAULTS[kinds[0]]["context"]
+        child(kinds[0], args)
+        return 0
+    device = resolve_device(args.device)
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    table = [
+        "| model | hook | tokens | bare tok/s | to hook tok/s | caching tok/s | x bare "
+        "| x to hook |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    memory = [
+        "| model | hook | cache tokens | RSS before MiB | peak RSS MiB | caching tok/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    given = {k: getattr(args, k) for k in PER_MODEL}
+    for kind in kinds:
+        for key, value in given.items():
+            setattr(args, key, value or DEFAULTS[kind][key])
+        args.context = DEFAULTS[kind]["context"]
+        table += throughput_rows(kind, args)
+        if not args.no_rss:
+            memory += rss_rows(kind, args)
+    print("\n".join(table))
+    if not args.no_rss:
+        print()
+        print("\n".join(memory))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

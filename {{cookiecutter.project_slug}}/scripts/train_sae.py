@@ -1,0 +1,181 @@
+"""Train a sparse autoencoder with SAELens on cached activations and log it.
+
+    python scripts/train_sae.py --model toy-induction --layer 0
+    python scripts/train_sae.py --model gpt2-small --layer 8
+    python scripts/train_sae.py --config configs/sae_training.yaml --architecture topk
+
+Everything not given as a flag comes from ``--config``: by default
+``configs/toy_sae_training.yaml`` for toy models and ``configs/sae_training.yaml`` otherwise.
+Caches the activations first when ``data/activations/`` lacks them (see
+src/experiments/sae_training.py), saves the SAE in SAELens's format in
+``<results_dir>/sae/`` and writes the JSON log (L0, explained variance, dead fraction,
+tokens/s) beside it, then refreshes the generated sections of CLAUDE.md / AGENTS.md.
+Errors are one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+# `src` is a package in the project root, `update_docs` a sibling script: make both
+# importable however the script is run.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+DEFAULT_CONFIG = Path("configs/sae_training.yaml")
+DEFAULT_TOY_CONFIG = Path("configs/toy_sae_training.yaml")
+HEADLINE = ("explained_variance", "l0", "dead_fraction", "mse", "tokens_per_s")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from typing import get_args
+
+    from src.utils.config import HookPoint, SAEArchitecture
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Flags override the config's values. Errors exit with status 2.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"SAE training YAML (default {DEFAULT_CONFIG}; {DEFAULT_TOY_CONFIG} for toy models)",
+    )
+    parser.add_argument("--model", help="model.name, e.g. toy-induction, gpt2-small")
+    parser.add_argument("--layer", type=int, help="hook.layer")
+    parser.add_argument("--hook-point", choices=get_args(HookPoint), help="hook.hook_point")
+    parser.add_argument(
+        "--architecture", choices=get_args(SAEArchitecture), help="sae.architecture"
+    )
+    parser.add_argument("--k", type=int, help="sae.k, latents per token (topk, batchtopk)")
+    parser.add_argument("--n-tokens", type=int, help="training.n_tokens (tokens to train on)")
+    parser.add_argument("--device", help="model.device: cpu, cuda, mps or auto")
+    parser.add_argument("--results-dir", type=Path, help="output.results_dir")
+    parser.add_argument("--notes", default="", help="free-text notes stored in the log")
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+    parser.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also log the run to Weights & Biases (default: yes)",
+    )
+{%- endif %}
+    return parser.parse_args(argv)
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """--config, else the default for the model (toy models have their own)."""
+    if args.config is not None:
+        return args.config
+    from src.models.toy import TOY_MODELS
+
+    default = DEFAULT_TOY_CONFIG if args.model in TOY_MODELS else DEFAULT_CONFIG
+    return default if default.exists() else PROJECT_ROOT / default
+
+
+def apply_overrides(cfg, args: argparse.Namespace):
+    """``cfg`` with the flags' values in place; raises ConfigError naming the flag or key."""
+    import dataclasses
+
+    from src.utils.config import ConfigError
+
+    sae = {"architecture": args.architecture, "k": args.k}
+    if args.architecture in ("standard", "jumprelu"):
+        sae["k"] = None  # k belongs to topk and batchtopk only
+    elif args.architecture is not None and args.k is None:
+        sae["k"] = cfg.sae.k
+        if sae["k"] is None:
+            raise ConfigError(f"--architecture {args.architecture} needs --k (latents per token)")
+    flags = {
+        "model": {"name": args.model, "device": args.device},
+        "hook": {"layer": args.layer, "hook_point": args.hook_point},
+        "sae": sae if args.architecture is not None else {"k": args.k},
+        "training": {"n_tokens": args.n_tokens},
+        "output": {"results_dir": None if args.results_dir is None else str(args.results_dir)},
+    }
+    for section, values in flags.items():
+        changes = {key: value for key, value in values.items() if value is not None}
+        if section == "sae" and args.architecture is not None:
+            changes = values  # k may become None
+        if changes:
+            try:
+                new = dataclasses.replace(getattr(cfg, section), **changes)
+            except ConfigError as e:  # the dataclass's own checks
+                raise ConfigError(f"{section}.{e} (from the command line)") from None
+            cfg = dataclasses.replace(cfg, **{section: new})
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "scripts/train_sae.py", *argv])
+    from src.utils.config import ConfigError, SAETrainingConfig, config_to_dict, load_config
+
+    path = config_path(args)
+    try:
+        cfg = load_config(path)
+        if not isinstance(cfg, SAETrainingConfig):
+            raise ConfigError(f"{path}: not an SAE training config (no sae section)")
+        cfg = apply_overrides(cfg, args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    from src.data.activation_cache import CacheError
+    from src.experiments.sae_training import run_sae_training
+    from src.models.load import ModelNotAvailableError, load_model
+    from src.utils.seed import set_seed
+    from src.utils.tracking import log_experiment
+
+    set_seed(cfg.data.seed)
+    print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
+    try:
+        model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        print(
+            f"training a {cfg.sae.architecture} SAE on {cfg.hook.name} "
+            f"({cfg.training.n_tokens} tokens)",
+            file=sys.stderr,
+        )
+        results = run_sae_training(model, cfg, progress=True, command=command)
+    except CacheError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ModelNotAvailableError) as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
+        return 2
+    wall_time_s = time.perf_counter() - start
+
+    name = f"sae_{cfg.model.name}_{cfg.hook.name}_{cfg.sae.architecture}".replace("/", "-")
+    log_path = log_experiment(
+        name,
+        config_to_dict(cfg),
+        results,
+        args.notes,
+        results_dir=cfg.output.results_dir,
+        wall_time_s=wall_time_s,
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+        use_wandb=args.wandb,
+{%- endif %}
+    )
+    print(f"{name} ({wall_time_s:.1f} s)")
+    for key in HEADLINE:
+        print(f"  {key:<20} {results[key]:.4g}")
+    print(f"sae: {results['sae_path']}")
+    print(f"log: {log_path}")
+    import update_docs
+
+    for path in update_docs.refresh_after(log_path, PROJECT_ROOT):
+        print(f"updated {path.relative_to(PROJECT_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Sparse autoencoders trained with SAELens on cached activations, then evaluated held out.
+
+``run_sae_training(model, config)`` does the whole run:
+
+1. Caches the training tokens' activations at the config's hook point in
+   ``data/activations/{model}_{layer}_{dataset}_{n_tokens}`` (the scheme of
+   ``scripts/cache_activations.py``, with the same tokens, so either script reuses the other's
+   cache), and the held-out tokens' in its subfolder ``heldout_{n_eval_tokens}`` (held out
+   from that cache's prompts, so it belongs with it). An existing cache is reused after
+   checking that it holds this model, hook, dataset and seed (a mismatch raises
+   ``CacheError`` naming the field); an interrupted one is resumed.
+2. Trains the SAE (``build_sae``: standard, topk, batchtopk or jumprelu) with SAELens's
+   ``SAETrainer`` on shuffled batches of the training cache, looping over it as needed.
+3. Saves it in SAELens's format (``<results_dir>/sae/``, loadable with
+   ``sae_lens.SAE.load_from_disk``), loads it back and evaluates what was saved on the
+   held-out cache (``evaluate_sae``): L0, explained variance, dead-latent fraction, MSE.
+
+Held-out prompts are drawn with another seed and exclude every training prompt, so for a
+text file too (whose chunks are drawn at random) none is seen in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import (
+    SAE,
+    BatchTopKTrainingSAE,
+    BatchTopKTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
+    LoggingConfig,
+    SAETrainer,
+    StandardTrainingSAE,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+    TrainingSAE,
+)
+from sae_lens.config import SAETrainerConfig
+from torch import Tensor
+
+from src.data.activation_cache import (
+    METADATA,
+    ActivationStore,
+    CacheError,
+    cache_activations,
+    cache_name,
+    open_cache,
+)
+from src.data.dataset import ContrastDataset
+from src.data.loading import load_dataset
+from src.models.load import parse_dtype
+from src.utils.config import SAEConfig, SAEDataConfig, SAETrainingConfig, TrainingConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ACTIVATIONS_DIR = Path("data/activations")
+HELDOUT_SEED_OFFSET = 1_000_000  # held-out prompts use seed + this (and skip training ones)
+SMALL_SAE_WEIGHTS = 2**20  # d_in * d_sae up to which a CPU trains on one thread
+
+# config architecture -> (SAELens training config class, training SAE class)
+ARCHITECTURES: dict[str, tuple[type, type[TrainingSAE]]] = {
+    "standard": (StandardTrainingSAEConfig, StandardTrainingSAE),
+    "topk": (TopKTrainingSAEConfig, TopKTrainingSAE),
+    "batchtopk": (BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE),
+    "jumprelu": (JumpReLUTrainingSAEConfig, JumpReLUTrainingSAE),
+}
+
+
+# --- the SAE ------------------------------------------------------------------------------
+
+
+def build_sae(
+    sae_cfg: SAEConfig,
+    d_in: int,
+    *,
+    device: str | torch.device = "cpu",
+    metadata: dict[str, Any] | None = None,
+) -> TrainingSAE:
+    """A freshly initialised SAELens training SAE of width ``expansion_factor * d_in``.
+
+    ``metadata``: SAELens metadata fields (model_name, hook_name, context_size, ...) saved
+    with the SAE. Raises ValueError listing the known architectures for an unknown one.
+    """
+    arch = sae_cfg.architecture
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"sae.architecture: unknown {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    config_cls, sae_cls = ARCHITECTURES[arch]
+    options: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": sae_cfg.expansion_factor * d_in,
+        "device": str(device),
+        "normalize_activations": sae_cfg.normalize_activations,
+    }
+    if arch == "standard":
+        options |= {
+            "l1_coefficient": sae_cfg.l1_coefficient,
+            "l1_warm_up_steps": sae_cfg.l1_warm_up_steps,
+        }
+    elif arch == "jumprelu":
+        options |= {
+            "l0_coefficient": sae_cfg.l1_coefficient,
+            "l0_warm_up_steps": sae_cfg.l1_warm_up_steps,
+        }
+    else:
+        options["k"] = sae_cfg.k
+    cfg = config_cls(**options)
+    for key, value in (metadata or {}).items():
+        setattr(cfg.metadata, key, value)
+    return sae_cls(cfg)
+
+
+def train_sae(
+    sae: TrainingSAE,
+    batches: Iterator[Tensor],
+    training: TrainingConfig,
+    *,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Train ``sae`` in place with SAELens's ``SAETrainer`` on ``batches`` ([batch_size, d_in]
+    each; at least ``training.n_tokens`` tokens' worth). Returns the number of steps and
+    tokens, the training time and tokens/s. SAELens shows its own progress bar.
+    """
+    steps = -(-training.n_tokens // training.batch_size)  # the trainer's full batches
+    warm_up = min(training.lr_warm_up_steps, steps)
+    decay = min(training.lr_decay_steps, steps - warm_up)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=training.n_tokens,
+        train_batch_size_samples=training.batch_size,
+        lr=training.lr,
+        lr_end=training.lr,  # constant schedule: the decay starts from lr
+        lr_warm_up_steps=warm_up,
+        lr_decay_steps=decay,
+        device=str(device),
+        # A latent silent this long counts as dead (TopK's auxiliary loss revives those):
+        # SAELens's 1000 steps, or a tenth of a short run.
+        dead_feature_window=max(1, min(1000, steps // 10)),
+        n_batches_for_norm_estimate=max(1, min(100, steps)),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+    # A small SAE's matrices are too small to gain from several CPU threads, and threads
+    # that wait for a busy core make each step several times slower: use one.
+    small = sae.cfg.d_in * sae.cfg.d_sae <= SMALL_SAE_WEIGHTS
+    threads = torch.get_num_threads()
+    if small and torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    return {
+        "n_steps": trainer.n_training_steps,
+        "n_tokens": trainer.n_training_samples,
+        "train_time_s": seconds,
+        "tokens_per_s": trainer.n_training_samples / seconds,
+    }
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, batches: Iterable[Tensor]) -> dict[str, float]:
+    """Reconstruction and sparsity of ``sae`` over ``batches`` of activations [n, d_in]:
+
+    - ``l0``: mean number of latents != 0 per token;
+    - ``explained_variance``: 1 - SSE / SST, SST around the mean over all tokens (1: exact,
+      0: no better than predicting the mean);
+    - ``dead_fraction``: fraction of latents that are 0 on every token;
+    - ``mse``: mean squared error per element; ``n_eval_tokens``: tokens seen.
+    """
+    sae.eval()
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    n, active, sse, sum_sq = 0, 0, 0.0, 0.0
+    total = torch.zeros(d_in, dtype=torch.float64)
+    fired = torch.zeros(d_sae, dtype=torch.bool)
+    for x in batches:
+        if x.ndim != 2 or x.shape[1] != d_in:
+            raise ValueError(f"activations must be [n, d_in={d_in}], got {tuple(x.shape)}")
+        x = x.to(device=device, dtype=dtype)
+        latents = sae.encode(x)
+        recon = sae.decode(latents)
+        nonzero = latents != 0
+        n += x.shape[0]
+        active += int(nonzero.sum())
+        fired |= nonzero.any(0).cpu()
+        sse += float((recon - x).double().pow(2).sum())
+        x64 = x.double().cpu()
+        total += x64.sum(0)
+        sum_sq += float(x64.pow(2).sum())
+    if n == 0:
+        raise ValueError("no activations to evaluate the SAE on")
+    sst = sum_sq - float(total.pow(2).sum()) / n
+    if sst <= 0:
+        raise ValueError("the activations are constant: explained variance is undefined")
+    return {
+        "l0": active / n,
+        "explained_variance": 1.0 - sse / sst,
+        "dead_fraction": 1.0 - float(fired.float().mean()),
+        "mse": sse / (n * d_in),
+        "n_eval_tokens": n,
+    }
+
+
+def save_sae(sae: TrainingSAE, path: str | Path) -> Path:
+    """Save ``sae``'s inference form (what ``SAE.load_from_disk(path)`` returns; BatchTopK
+    becomes JumpReLU) to the folder ``path``, replacing what is there; return ``path``.
+
+    Written to a temporary folder beside it and renamed, so ``path`` never holds half an SAE.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.with_name(f".{path.name}.old.{os.getpid()}")
+    try:
+        sae.save_inference_model(tmp)
+        for file in tmp.iterdir():
+            file.chmod(0o644)  # readable by all, like the caches: results may be shared
+        tmp.chmod(0o755)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+# --- the activations ----------------------------------------------------------------------
+
+
+def dataset_tokens(model: Any, data: SAEDataConfig, n_tokens: int, seed: int) -> Tensor:
+    """Token ids [n_tokens // context_size, context_size] of the config's dataset (the clean
+    prompts of a contrast dataset), as ``scripts/cache_activations.py`` makes them."""
+    n_seq = n_tokens // data.context_size
+    dataset = load_dataset(
+        data.dataset, n_seq, data.context_size, seed, model=model, path=data.path
+    )
+    return dataset.clean_tokens if isinstance(dataset, ContrastDataset) else dataset.tokens
+
+
+def heldout_tokens(model: Any, data: SAEDataConfig, train_tokens: Tensor) -> Tensor:
+    """``data.n_eval_tokens // context_size`` prompts drawn with another seed, none of them
+    in ``train_tokens``. Draws as many candidates as there are prompts in both, so that even
+    when every training prompt comes up again, enough new ones are left."""
+    n_seq = data.n_eval_tokens // data.context_size
+    n_candidates = (n_seq + len(train_tokens)) * data.context_size
+    candidates = dataset_tokens(model, data, n_candidates, data.seed + HELDOUT_SEED_OFFSET)
+    seen = {row.numpy().tobytes() for row in train_tokens}
+    keep = [i for i, row in enumerate(candidates) if row.numpy().tobytes() not in seen]
+    return candidates[keep[:n_seq]]
+
+
+def ensure_cache(
+    model: Any,
+    out_dir: Path,
+    hook_name: str,
+    make_tokens: Callable[[], Tensor],
+    metadata: dict[str, Any],
+    *,
+    batch_size: int = 32,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> ActivationStore:
+    """The cache in ``out_dir`` of ``hook_name``, made from ``make_tokens()`` first if it is
+    missing or incomplete (which resumes). ``metadata`` (model, dataset, seed, ...) is
+    stored with a new cache and must match an existing one: else CacheError names the field.
+    """
+    if not _is_complete(out_dir):
+        meta = dict(metadata)
+        meta.setdefault("command", "run_sae_training")
+        cache_activations(
+            model,
+            make_tokens(),
+            [hook_name],
+            out_dir,
+            batch_size=batch_size,
+            dtype=dtype,
+            metadata=meta,
+            progress=progress,
+        )
+    expect = {k: v for k, v in metadata.items() if k != "command"}
+    try:
+        return open_cache(out_dir, expect=expect | {"hook_names": [hook_name]})
+    except CacheError as e:
+        raise CacheError(f"{e} (delete the folder to cache again)") from None
+
+
+def _is_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a cache marked complete (unreadable: True, so that
+    ``open_cache`` says what is wrong with it)."""
+    path = out_dir / METADATA
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["complete"] is True
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+def run_sae_training(
+    model: Any,
+    config: SAETrainingConfig,
+    *,
+    activations_dir: str | Path = ACTIVATIONS_DIR,
+    progress: bool = False,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Cache (or reuse), train, save and evaluate the SAE ``config`` describes on ``model``'s
+    activations; return the results for the JSON log (see the module docstring).
+
+    The SAE trains on the model's device. ``command`` is recorded in new caches' metadata.
+    Raises ValueError (CacheError included) for a hook the model lacks, a dataset that
+    cannot be made, or a cache made with other settings.
+    """
+    model_name, hook, data = config.model.name, config.hook, config.data
+    n_layers = model.cfg.n_layers
+    if hook.layer >= n_layers:
+        raise ValueError(
+            f"hook.layer: {hook.layer} is out of range for this model (0..{n_layers - 1})"
+        )
+    if hook.name not in model.hook_dict:
+        raise ValueError(f"hook.hook_point: this model has no {hook.name}")
+    device = next(model.parameters()).device
+    activations_dir = Path(activations_dir)
+    n_cache_tokens = data.n_tokens or config.training.n_tokens
+    common = {"model": model_name, "dataset": data.dataset}
+    if data.path is not None:
+        common["path"] = data.path
+    options = {
+        "batch_size": data.batch_size,
+        "dtype": parse_dtype(data.dtype) if data.dtype else None,
+        "progress": progress,
+    }
+
+    train_dir = activations_dir / cache_name(model_name, hook.layer, data.dataset, n_cache_tokens)
+    train_meta = common | {"seed": data.seed}
+    if command:
+        train_meta["command"] = command
+    train_store = ensure_cache(
+        model,
+        train_dir,
+        hook.name,
+        lambda: dataset_tokens(model, data, n_cache_tokens, data.seed),
+        train_meta,
+        **options,
+    )
+    eval_meta = common | {"seed": data.seed + HELDOUT_SEED_OFFSET}
+    if command:
+        eval_meta["command"] = command
+    eval_store = ensure_cache(
+        model,
+        train_dir / f"heldout_{data.n_eval_tokens}",
+        hook.name,
+        lambda: heldout_tokens(model, data, train_store.tokens()),
+        eval_meta,
+        **options,
+    )
+
+    d_in = train_store.metadata["d"]
+    torch.manual_seed(data.seed)
+    sae = build_sae(
+        config.sae,
+        d_in,
+        device=device,
+        metadata={
+            "model_name": model_name,
+            "hook_name": hook.name,
+            "context_size": data.context_size,
+            "dataset_path": data.path or data.dataset,
+        },
+    )
+    batches = train_store.iter_batches(
+        hook.name,
+        config.training.batch_size,
+        seed=data.seed,
+        device=device,
+        loop=True,
+        dtype=torch.float32,
+    )
+    stats = train_sae(sae, batches, config.training, device=device)
+
+    sae_path = save_sae(sae, Path(config.output.results_dir) / "sae")
+    saved = SAE.load_from_disk(sae_path, device=str(device))
+    metrics = evaluate_sae(
+        saved,
+        eval_store.iter_batches(hook.name, 4096, shuffle=False, device=device, dtype=torch.float32),
+    )
+    return {
+        "kind": "sae_training",
+        "sae_path": project_path(sae_path),
+        "cache_dir": project_path(train_store.path),
+        "eval_cache_dir": project_path(eval_store.path),
+        "hook_name": hook.name,
+        "architecture": config.sae.architecture,
+        "d_in": d_in,
+        "d_sae": saved.cfg.d_sae,
+        "k": config.sae.k,
+        **metrics,
+        "n_tokens": stats["n_tokens"],
+        "n_steps": stats["n_steps"],
+        "n_cache_tokens": train_store.n_tokens,
+        "tokens_per_s": stats["tokens_per_s"],
+        "train_time_s": stats["train_time_s"],
+    }
+
+
+def project_path(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
