@@ -191,7 +191,8 @@ def init_git() -> bool:
 
 
 def install_pre_commit() -> None:
-    """Install the commit hook that strips notebook outputs (nbstripout), lints and guards data/."""
+    """Install the commit hooks: before a commit, strip notebook outputs (nbstripout), lint and
+    guard data/; after it, refresh the generated sections of CLAUDE.md and AGENTS.md."""
     exe = shutil.which("pre-commit")
     if exe is None:
         warn(
@@ -236,8 +237,8 @@ def main() -> None:
     try:
         if not init_git():
             return  # generated inside another repository: leave its history alone
+        first_commit()  # before the hooks are installed: none runs on the template's output
         install_pre_commit()
-        first_commit()
     except (OSError, subprocess.CalledProcessError) as error:
         warn(f"git setup stopped ({error})", "git init -b main && pre-commit install")
 

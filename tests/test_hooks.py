@@ -124,3 +124,6 @@ def test_commit_hook_strips_notebook_outputs(bake):
     assert committed["cells"][0]["outputs"] == []
     assert committed["cells"][0]["execution_count"] is None
     assert project.git("rev-list", "--count", "HEAD") == "2"
+    # after the commit, the post-commit hook lists the new notebook in CLAUDE.md's key files
+    assert "`notebooks/02_scratch.ipynb`" in project.read("CLAUDE.md")
+    assert project.git("status", "--porcelain", "CLAUDE.md") == "M CLAUDE.md"
