@@ -1,20 +1,26 @@
 """Finish the generated project: prune, fill CLAUDE.md, git init, notebook stripping, first commit.
 
-Every step is idempotent (cruft re-runs hooks on update) and a missing tool
-(git, pre-commit) or a failing step only prints a warning with the command to
-run by hand: generation itself always succeeds.
+Every step is idempotent and a missing tool (git, pre-commit) or a failing step only prints a
+warning with the command to run by hand: generation itself always succeeds. Under cruft,
+`cruft create` also gets its `.cruft.json` into the first commit, and the throwaway renders of
+`cruft update` / `cruft diff` get the files only (no git repository, commit or commit hooks).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
+# The answers' order, which `.cruft.json` keeps (tojson sorts a mapping's keys, not a list).
+ANSWER_ORDER = json.loads(r"""{{ cookiecutter.keys() | list | tojson }}""")
 PROJECT = Path.cwd()
+CRUFT_FILE = ".cruft.json"
 
 # Files that exist only when an answer asks for them: path -> keep?
 OPTIONAL_FILES = {
@@ -171,6 +177,40 @@ def fill_docs() -> None:
         )
 
 
+def cruft_mode() -> str:
+    """How cruft runs this hook: "create", "update" (a throwaway render), or "" (not cruft).
+
+    cruft adds the template's commit to the answers as `_commit` (plain cookiecutter does not).
+    `cruft update` and `cruft diff` render the old and the new template version into fresh
+    `tempfile.TemporaryDirectory()` folders, `<system temp>/tmpXXXXXXXX/<slug>`, and diff them;
+    cruft passes no other sign, so a project alone in such a folder counts as one of those.
+    """
+    if "_commit" not in ANSWERS:
+        return ""
+    parent = PROJECT.resolve().parent
+    throwaway = (
+        re.fullmatch(r"tmp[a-z0-9_]{8}", parent.name) is not None
+        and parent.parent == Path(tempfile.gettempdir()).resolve()
+        and [p.name for p in parent.iterdir()] == [PROJECT.name]
+    )
+    return "update" if throwaway else "create"
+
+
+def write_cruft_file() -> None:
+    """Write `.cruft.json` as `cruft create` will once this hook returns, so the first commit
+    holds it and cruft's own write changes nothing. cruft's `--checkout`, `--directory` and
+    `--skip` are not visible here: with those, cruft's file differs and shows as a change."""
+    state = {
+        "template": ANSWERS["_template"],
+        "commit": ANSWERS["_commit"],
+        "checkout": None,
+        "context": {"cookiecutter": {key: ANSWERS[key] for key in ANSWER_ORDER}},
+        "directory": None,
+    }
+    text = json.dumps(state, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
+    (PROJECT / CRUFT_FILE).write_text(text)  # cruft's json_dumps and write_text, byte for byte
+
+
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True, check=check)
 
@@ -228,6 +268,16 @@ def first_commit() -> None:
 def main() -> None:
     prune()
     fill_docs()
+    mode = cruft_mode()
+    if mode == "update":
+        print(
+            "cruft is rendering into a temporary folder (update or diff): "
+            "no git repository, commit or commit hooks there",
+            file=sys.stderr,
+        )
+        return
+    if mode == "create":
+        write_cruft_file()
     if shutil.which("git") is None:
         warn(
             "git is not on PATH: no repository, commit hook or first commit",

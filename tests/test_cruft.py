@@ -1,0 +1,113 @@
+"""cruft: create, check, diff and update against a local template repository with two commits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import BIN, Baked
+
+CRUFT = str(BIN / "cruft")
+GIT_ID = ["-c", "user.name=Template Dev", "-c", "user.email=dev@example.org"]
+GIT_ID += ["-c", "commit.gpgsign=false"]
+SLUG_DIR = "{{cookiecutter.project_slug}}"
+THROWAWAY_NOTE = "no git repository, commit or commit hooks there"
+
+
+def commit_all(repo: Baked, message: str) -> str:
+    repo.run("git", "add", "--all")
+    repo.run("git", *GIT_ID, "commit", "--quiet", "-m", message)
+    return repo.git("rev-parse", "HEAD")
+
+
+def template_repo(template: Path, path: Path) -> tuple[Baked, str]:
+    """The template as a git repository with one commit, and that commit."""
+    repo = Baked(path)
+    shutil.copytree(template, repo.path)
+    repo.run("git", "init", "--quiet")
+    return repo, commit_all(repo, "Template v1")
+
+
+def test_plain_cookiecutter_writes_no_cruft_file(default_project):
+    assert ".cruft.json" not in default_project.files()
+
+
+def test_cruft_create_commits_cruft_json_for_any_answers(template, tmp_path):
+    """The hook's .cruft.json is byte for byte cruft's, also for quotes, backslashes, unicode."""
+    repo, _ = template_repo(template, tmp_path / "template-repo")
+    answers = {
+        "project_name": 'Café "Heads" \\ Study',
+        "project_slug": "cafe-heads",
+        "research_goal": "Naïve goal: find 'it' — fast.",
+        "multi_agent": "no",
+        "license": "none",
+    }
+    args = ["create", str(repo.path), "--no-input", "--extra-context", json.dumps(answers)]
+    Baked(tmp_path).run(CRUFT, *args)
+    project = Baked(tmp_path / "cafe-heads")
+    assert project.run("git", "status", "--porcelain", "--untracked-files=all").stdout == ""
+    recorded = json.loads(project.git("show", "HEAD:.cruft.json"))["context"]["cookiecutter"]
+    assert {key: recorded[key] for key in answers} == answers
+
+
+def test_cruft_create_check_diff_update(template, tmp_path):
+    repo, commit1 = template_repo(template, tmp_path / "template-repo")
+
+    # create: .cruft.json is in the first commit, exactly as cruft wrote it (clean tree).
+    out = tmp_path / "projects"
+    out.mkdir()
+    created = Baked(out).run(CRUFT, "create", str(repo.path), "--no-input")
+    project = Baked(out / "induction-heads-study")
+    assert THROWAWAY_NOTE not in created.stderr
+    assert project.git("status", "--porcelain") == ""
+    assert project.git("log", "--format=%s") == "Initial commit from mech-interp-template"
+    state = json.loads(project.git("show", "HEAD:.cruft.json"))
+    assert (state["template"], state["commit"]) == (str(repo.path), commit1)
+    assert state["context"]["cookiecutter"]["project_name"] == "Induction Heads Study"
+    assert (project.path / ".git/hooks/pre-commit").is_file()
+
+    # check and diff on the fresh project: up to date, and the throwaway render of diff
+    # (hooks included, no .git) is identical to the generated project.
+    assert "SUCCESS" in project.run(CRUFT, "check").stdout
+    diffed = project.run(CRUFT, "diff", "--exit-code")
+    assert diffed.stdout.strip() == "" and THROWAWAY_NOTE in diffed.stderr
+
+    # The user's own commit; then the template gains a commit touching a file and adding one.
+    config = project.path / "configs/toy_induction.yaml"
+    config.write_text(config.read_text() + "# tuned by the user\n")
+    commit_all(project, "User tweak")
+    assert project.git("status", "--porcelain") == ""
+    readme = repo.path / SLUG_DIR / "README.md"
+    readme.write_text(readme.read_text() + "\nUpdated for {{ cookiecutter.project_name }}.\n")
+    news = repo.path / SLUG_DIR / "notes" / "template-news.md"
+    news.parent.mkdir()
+    news.write_text("# News for {{ cookiecutter.project_slug }}\n")
+    commit2 = commit_all(repo, "Template v2")
+    assert "FAILURE" in project.run(CRUFT, "check", check=False).stdout
+
+    # update: both versions are rendered in temp folders, where the hooks skip git.
+    updated = project.run(CRUFT, "update", "-y")
+    assert updated.stderr.count(THROWAWAY_NOTE) == 2  # old and new template version
+    assert "has been updated" in updated.stdout
+    assert project.read("README.md").endswith("\nUpdated for Induction Heads Study.\n")
+    assert project.read("notes/template-news.md") == "# News for induction-heads-study\n"
+    assert project.read("configs/toy_induction.yaml").endswith("# tuned by the user\n")
+    assert not [p for p in project.path.rglob("*") if p.suffix in {".rej", ".orig"}]
+    assert [p for p in project.path.rglob(".git")] == [project.path / ".git"]
+    status = project.run("git", "status", "--porcelain", "--untracked-files=all").stdout
+    assert sorted(line[3:] for line in status.splitlines()) == [
+        ".cruft.json",
+        "README.md",
+        "notes/template-news.md",
+    ]
+    assert json.loads(project.read(".cruft.json"))["commit"] == commit2
+
+    commit_all(project, "Update from the template")
+    assert project.git("log", "--format=%s").splitlines() == [
+        "Update from the template",
+        "User tweak",
+        "Initial commit from mech-interp-template",
+    ]
+    assert "SUCCESS" in project.run(CRUFT, "check").stdout
+    assert project.git("status", "--porcelain") == ""
