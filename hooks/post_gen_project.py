@@ -92,6 +92,8 @@ def prune() -> None:
     for name, keep in OPTIONAL_FILES.items():
         if not keep:
             (PROJECT / name).unlink(missing_ok=True)
+    if ANSWERS["ci"] == "none":
+        shutil.rmtree(PROJECT / ".github", ignore_errors=True)
 
 
 def cache_floats_per_token(m: dict, seq_len: int) -> int:

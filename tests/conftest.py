@@ -21,6 +21,10 @@ BIN = Path(sys.executable).parent
 SHARED = Path(tempfile.gettempdir()) / "mech-interp-template-tests"
 CACHES = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", "wandb"}
 DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
+# The default answers' name and slug (the slug derived as cookiecutter.json does), so that a
+# fork which changes the defaults runs these tests unchanged.
+DEFAULT_NAME = DEFAULTS["project_name"]
+DEFAULT_SLUG = DEFAULT_NAME.lower().replace(" ", "-").replace("_", "-").replace(".", "-")
 
 
 @dataclass
@@ -75,14 +79,16 @@ def snapshot(dest: Path) -> Path:
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, dest / name)
     else:  # not a git checkout (a downloaded archive): copy all but caches
-        shutil.copytree(
-            TEMPLATE,
-            dest,
-            dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns(
-                ".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", "models"
-            ),
+        caches = shutil.ignore_patterns(
+            ".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache"
         )
+
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            # the toy-model cache data/models/, not src/models/
+            toy_cache = {"models"} if Path(folder).name == "data" else set()
+            return set(caches(folder, names)) | (toy_cache & set(names))
+
+        shutil.copytree(TEMPLATE, dest, dirs_exist_ok=True, ignore=ignore)
     return dest
 
 

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import BIN, Baked
+from conftest import BIN, DEFAULT_NAME, DEFAULT_SLUG, Baked
 
 CRUFT = str(BIN / "cruft")
 GIT_ID = ["-c", "user.name=Template Dev", "-c", "user.email=dev@example.org"]
@@ -58,13 +58,13 @@ def test_cruft_create_check_diff_update(template, tmp_path):
     out = tmp_path / "projects"
     out.mkdir()
     created = Baked(out).run(CRUFT, "create", str(repo.path), "--no-input")
-    project = Baked(out / "induction-heads-study")
+    project = Baked(out / DEFAULT_SLUG)
     assert THROWAWAY_NOTE not in created.stderr
     assert project.git("status", "--porcelain") == ""
     assert project.git("log", "--format=%s") == "Initial commit from mech-interp-template"
     state = json.loads(project.git("show", "HEAD:.cruft.json"))
     assert (state["template"], state["commit"]) == (str(repo.path), commit1)
-    assert state["context"]["cookiecutter"]["project_name"] == "Induction Heads Study"
+    assert state["context"]["cookiecutter"]["project_name"] == DEFAULT_NAME
     assert (project.path / ".git/hooks/pre-commit").is_file()
 
     # check and diff on the fresh project: up to date, and the throwaway render of diff
@@ -90,8 +90,8 @@ def test_cruft_create_check_diff_update(template, tmp_path):
     updated = project.run(CRUFT, "update", "-y")
     assert updated.stderr.count(THROWAWAY_NOTE) == 2  # old and new template version
     assert "has been updated" in updated.stdout
-    assert project.read("README.md").endswith("\nUpdated for Induction Heads Study.\n")
-    assert project.read("notes/template-news.md") == "# News for induction-heads-study\n"
+    assert project.read("README.md").endswith(f"\nUpdated for {DEFAULT_NAME}.\n")
+    assert project.read("notes/template-news.md") == f"# News for {DEFAULT_SLUG}\n"
     assert project.read("configs/toy_induction.yaml").endswith("# tuned by the user\n")
     assert not [p for p in project.path.rglob("*") if p.suffix in {".rej", ".orig"}]
     assert [p for p in project.path.rglob(".git")] == [project.path / ".git"]

@@ -8,7 +8,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import BIN, Baked, cli
+from conftest import BIN, DEFAULT_SLUG, DEFAULTS, Baked, cli
 from cookiecutter.generate import generate_context
 from cookiecutter.hooks import run_hook_from_repo_dir
 from cookiecutter.prompt import prompt_for_config
@@ -49,9 +49,10 @@ def test_no_git_warns_and_still_generates(template, tmp_path):
     result = cli(template, out, env={"PATH": tools_dir(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert "WARNING: git is not on PATH" in result.stderr and "git init -b main" in result.stderr
-    project = out / "induction-heads-study"
+    project = out / DEFAULT_SLUG
     assert not (project / ".git").exists()
-    assert "1. Which heads implement induction?" in (project / "CLAUDE.md").read_text()
+    first_question = DEFAULTS["research_questions"].split(";")[0].strip()
+    assert f"1. {first_question}" in (project / "CLAUDE.md").read_text()
 
 
 def test_no_pre_commit_warns_and_commits(template, tmp_path):
@@ -60,7 +61,7 @@ def test_no_pre_commit_warns_and_commits(template, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "WARNING: pre-commit is not on PATH" in result.stderr
     assert "pre-commit install" in result.stderr
-    project = Baked(out / "induction-heads-study")
+    project = Baked(out / DEFAULT_SLUG)
     assert project.git("rev-list", "--count", "HEAD") == "1"
     assert not (project.path / ".git" / "hooks" / "pre-commit").exists()
 
@@ -75,7 +76,7 @@ def test_git_identity_falls_back_to_the_answers(template, tmp_path):
         template, out, "author_name=Ada Lovelace", "author_email=ada@example.org", env=clean_env
     )
     assert result.returncode == 0, result.stderr
-    project = Baked(out / "induction-heads-study")
+    project = Baked(out / DEFAULT_SLUG)
     assert project.git("log", "-1", "--format=%an <%ae>") == "Ada Lovelace <ada@example.org>"
 
 

@@ -63,8 +63,11 @@ def case(request, bake, default_project) -> tuple[dict[str, str], Baked]:
 
 def test_no_unrendered_template_syntax(case):
     _, project = case
+    # `${{ ... }}` is a GitHub Actions expression (kept by `{% raw %}`), not Jinja left over
     leftovers = [
-        name for name in project.files() if re.search(r"{{|{%|cookiecutter\.", project.read(name))
+        name
+        for name in project.files()
+        if re.search(r"(?<!\$){{|{%|cookiecutter\.", project.read(name))
     ]
     assert leftovers == []
 
@@ -84,7 +87,9 @@ def test_structured_files_parse(case):
 def test_answers_round_trip(case):
     given, project = case
     pyproject = tomllib.loads(project.read("pyproject.toml"))["project"]
-    slug = given["project_slug"] if "{{" not in given["project_slug"] else "induction-heads-study"
+    slug = given["project_slug"]
+    if "{{" in slug:  # the default: derived from the project name as cookiecutter.json says
+        slug = re.sub(r"[ _.]", "-", given["project_name"].lower())
     assert pyproject["name"] == slug
     assert pyproject["description"] == given["research_goal"]
     assert pyproject["authors"] == [{"name": given["author_name"], "email": given["author_email"]}]
@@ -177,12 +182,15 @@ print(sum(distinct.values()) * 4 / 128 * 1000 / 1e9)
 """
 
 
-def test_cache_estimate_matches_a_real_cache(default_project):
+def test_cache_estimate_matches_a_real_cache(bake, default_project):
     """CLAUDE.md's GB per 1k tokens for gpt2-small equals a GPT-2-shaped model's real cache."""
+    gpt2 = default_project
+    if DEFAULTS["model_name"][0] != "gpt2-small":  # a fork with another default model
+        gpt2 = bake(model_name="gpt2-small")
     found = re.search(
-        r"uses ~([\d.]+) GB per 1k tokens at sequence length 128", default_project.read("CLAUDE.md")
+        r"uses ~([\d.]+) GB per 1k tokens at sequence length 128", gpt2.read("CLAUDE.md")
     )
-    measured = float(default_project.run("python", "-c", MEASURE_GPT2_CACHE).stdout.split()[-1])
+    measured = float(gpt2.run("python", "-c", MEASURE_GPT2_CACHE).stdout.split()[-1])
     assert float(found.group(1)) == pytest.approx(measured, rel=0.01)
 
 
