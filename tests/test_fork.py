@@ -29,7 +29,12 @@ FORK_FIRST_CHOICES = {
 
 
 # The template's tests that do not run the generated suite (that one is the same code).
-FORK_TESTS = ["tests/test_render.py", "tests/test_hooks.py", "tests/test_cruft.py"]
+FORK_TESTS = [
+    "tests/test_render.py",
+    "tests/test_hooks.py",
+    "tests/test_cruft.py",
+    "tests/test_render_in_place.py",
+]
 
 
 def test_fork_with_new_defaults_passes_the_template_tests(template, tmp_path):
