@@ -77,28 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_model(kind: str, device: str) -> Any:
     """The toy model, or a random-init bridge of GPT-2 small's shape (as benchmark_patching)."""
-    from src.models.load import load_model, resolve_device
+    from src.models.load import gpt2_shaped_model, load_model
 
     if kind == "toy":
         return load_model("toy-induction", device=device)
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    cfg = TransformerBridgeConfig(
-        n_layers=12,
-        d_model=768,
-        n_ctx=1024,
-        d_head=64,
-        n_heads=12,
-        d_vocab=50257,
-        d_mlp=3072,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        attn_only=False,
-        positional_embedding_type="standard",
-        seed=0,
-    )
-    return TransformerBridge.boot_native(cfg, device=resolve_device(device)).eval()
+    return gpt2_shaped_model(device)
 
 
 def random_tokens(model: Any, n_tokens: int, context: int) -> Any:

@@ -118,26 +118,12 @@ def gpt2_sized_inputs(device: Any, n_prompts: int, seq: int) -> tuple[Any, Any, 
     """A random-init model of GPT-2 small's shape; corrupted = clean with the middle token
     changed; metric = final logit difference of two random tokens."""
     import torch
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
 
     from src.analysis.metrics import bind_metric
+    from src.models.load import gpt2_shaped_model
 
-    cfg = TransformerBridgeConfig(
-        n_layers=12,
-        d_model=768,
-        n_ctx=max(64, seq),
-        d_head=64,
-        n_heads=12,
-        d_vocab=50257,
-        d_mlp=3072,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        attn_only=False,
-        positional_embedding_type="standard",
-        seed=0,
-    )
-    model = TransformerBridge.boot_native(cfg, device=device).eval()
+    model = gpt2_shaped_model(device, n_ctx=max(64, seq))
+    cfg = model.cfg
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(0, cfg.d_vocab, (n_prompts, seq), generator=generator)
     corrupted = clean.clone()

@@ -131,6 +131,28 @@ def load_model(
     )
 
 
+def gpt2_shaped_model(device: str | torch.device = "auto", n_ctx: int = 1024) -> TransformerBridge:
+    """A random-init native bridge of GPT-2 small's shape (12 layers, d_model 768), seeded:
+    for benchmarks at a realistic size with no download."""
+    from transformer_lens.config import TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig(
+        n_layers=12,
+        d_model=768,
+        n_ctx=n_ctx,
+        d_head=64,
+        n_heads=12,
+        d_vocab=50257,
+        d_mlp=3072,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        attn_only=False,
+        positional_embedding_type="standard",
+        seed=0,
+    )
+    return TransformerBridge.boot_native(cfg, device=resolve_device(device)).eval()
+
+
 def bos_token_id(model: torch.nn.Module) -> int | None:
     """The model's BOS token id: its tokenizer's, or the toy models' convention (no tokenizer)."""
     tokenizer = getattr(model, "tokenizer", None)
