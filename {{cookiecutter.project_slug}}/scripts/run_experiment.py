@@ -53,7 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import dataclasses
     import importlib
 
     from src.utils.config import (
@@ -79,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.config}: no runner for {cfg.kind!r} experiments yet", file=sys.stderr)
         return 2
     if args.device:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=args.device))
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": args.device})})
     for key in ("results_dir", "figures_dir"):
         if getattr(args, key):
-            output = dataclasses.replace(cfg.output, **{key: str(getattr(args, key))})
-            cfg = dataclasses.replace(cfg, output=output)
+            output = cfg.output.model_copy(update={key: str(getattr(args, key))})
+            cfg = cfg.model_copy(update={"output": output})
 
     start = time.perf_counter()
     from src.data.loading import load_dataset

@@ -81,9 +81,8 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def apply_overrides(cfg, args: argparse.Namespace):
     """``cfg`` with the flags' values in place; raises ConfigError naming the flag or key."""
-    import dataclasses
-
     from src.utils.config import ConfigError
+    from src.utils.validation import validate
 
     sae = {"architecture": args.architecture, "k": args.k}
     if args.architecture in ("standard", "jumprelu"):
@@ -104,12 +103,12 @@ def apply_overrides(cfg, args: argparse.Namespace):
         if section == "sae" and args.architecture is not None:
             changes = values  # k may become None
         if changes:
-            try:
-                new = dataclasses.replace(getattr(cfg, section), **changes)
-            except ConfigError as e:  # the dataclass's own checks
-                raise ConfigError(f"{section}.{e} (from the command line)") from None
-            cfg = dataclasses.replace(cfg, **{section: new})
-    return cfg
+            new = getattr(cfg, section).model_copy(update=changes)
+            cfg = cfg.model_copy(update={section: new})
+    try:  # model_copy skips validation: check the result as if read from a file
+        return validate(type(cfg), cfg.model_dump())
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from the command line)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,11 +10,13 @@ from typing import get_args
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from src.utils.config import (
     Component,
     ConfigError,
     ExperimentConfig,
+    HookPoint,
     MetricName,
     SAETrainingConfig,
     check_model_fit,
@@ -23,7 +24,12 @@ from src.utils.config import (
     load_config,
 )
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# project.yaml describes the project (main model, compute), not an experiment.
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+    if p.name != "project.yaml"
+)
 
 VALID = {
     "experiment": {"name": "test_run"},
@@ -77,7 +83,7 @@ def test_valid_config_is_typed_and_frozen(tmp_path: Path) -> None:
     assert cfg.patching.layers == (0, 1) and cfg.patching.heads == "all"
     assert cfg.data.seed == 0 and cfg.data.path is None  # defaults
     assert cfg.model.dtype == "float32" and cfg.output.figures is True
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.data.n_samples = 5  # type: ignore[misc]
     assert config_to_dict(cfg)["patching"]["layers"] == [0, 1]
 
@@ -237,13 +243,31 @@ def test_model_fit_is_checked_before_running(tmp_path: Path, values: dict, messa
     )
 
 
-def test_components_match_patching() -> None:
-    from src.experiments.patching import COMPONENTS
+def test_vocabulary_comes_from_hooks() -> None:
+    from src.models.hooks import COMPONENTS, RESIDUAL_POINTS
 
-    assert set(get_args(Component)) == set(COMPONENTS)
+    assert get_args(Component) == tuple(COMPONENTS)
+    assert get_args(HookPoint) == RESIDUAL_POINTS
 
 
 def test_metric_names_match_metrics() -> None:
     from src.analysis.metrics import METRICS
 
     assert set(get_args(MetricName)) == set(METRICS)
+
+
+def test_floats_accept_ints_and_exponents_but_not_bools(tmp_path: Path) -> None:
+    for lr, expected in ((1, 1.0), ("2e-3", 2e-3)):
+        data = copy.deepcopy(SAE)
+        data["training"]["lr"] = lr
+        assert load_config(write(tmp_path, data)).training.lr == pytest.approx(expected)
+    data = copy.deepcopy(SAE)
+    data["training"]["lr"] = True
+    with pytest.raises(ConfigError, match="training.lr: expected float, got true"):
+        load_config(write(tmp_path, data))
+
+
+def test_schemas_export_json_schema() -> None:
+    schema = ExperimentConfig.model_json_schema()
+    assert schema["required"] == ["experiment", "model", "data", "output"]
+    assert SAETrainingConfig.model_json_schema()["additionalProperties"] is False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import re
@@ -33,19 +32,17 @@ def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) ->
     from scripts.run_experiment import EXPERIMENTS
 
     cfg = load_config(PROJECT_ROOT / "configs" / config_file)
-    out = dataclasses.replace(
-        cfg.output, results_dir=str(results_dir), figures_dir=str(figures_dir), figures=True
+    out = cfg.output.model_copy(
+        update={"results_dir": str(results_dir), "figures_dir": str(figures_dir), "figures": True}
     )
-    cfg = dataclasses.replace(
-        cfg, output=out, data=dataclasses.replace(cfg.data, n_samples=N_PROMPTS)
-    )
+    data = cfg.data.model_copy(update={"n_samples": N_PROMPTS})
+    cfg = cfg.model_copy(update={"output": out, "data": data})
     if cfg.kind == "attribution":  # keep it quick: no comparison with activation patching
-        section = dataclasses.replace(cfg.attribution, compare=False, components=("head_out",))
-        cfg = dataclasses.replace(cfg, attribution=section)
+        section = cfg.attribution.model_copy(update={"compare": False, "components": ("head_out",)})
+        cfg = cfg.model_copy(update={"attribution": section})
     if cfg.kind == "patching":
-        cfg = dataclasses.replace(
-            cfg, patching=dataclasses.replace(cfg.patching, components=("head_out",))
-        )
+        section = cfg.patching.model_copy(update={"components": ("head_out",)})
+        cfg = cfg.model_copy(update={"patching": section})
     data = cfg.data
     dataset = load_dataset(
         data.dataset,
