@@ -1,13 +1,14 @@
-"""Finish the generated project: prune, fill CLAUDE.md, git init, notebook stripping, first commit.
+"""Finish the generated project: prune, model defaults, CLAUDE.md, git init, first commit, hooks.
 
-Every step is idempotent and a missing tool (git, pre-commit) or a failing step only prints a
-warning with the command to run by hand: generation itself always succeeds. Under cruft,
+Every step is idempotent. A missing tool (git, pre-commit), a failing doc refresh or git step
+only prints a warning with the command to run by hand: generation itself succeeds. Under cruft,
 `cruft create` also gets its `.cruft.json` into the first commit, and the throwaway renders of
 `cruft update` / `cruft diff` get the files only (no git repository, commit or commit hooks).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 # The answers' order, which `.cruft.json` keeps (tojson sorts a mapping's keys, not a list).
 ANSWER_ORDER = json.loads(r"""{{ cookiecutter.keys() | list | tojson }}""")
 PROJECT = Path.cwd()
+sys.dont_write_bytecode = True  # importing the project's modules leaves no __pycache__ in it
 CRUFT_FILE = ".cruft.json"
 
 # Files that exist only when an answer asks for them: path -> keep?
@@ -28,58 +30,10 @@ OPTIONAL_FILES = {
     "LICENSE": ANSWERS["license"] != "none",
 }
 
-# Dimensions of the models the prompt offers (n_params counts the weights as loaded).
-MODELS = {
-    "gpt2-small": dict(
-        n_params=124e6,
-        n_layers=12,
-        d_model=768,
-        n_heads=12,
-        n_kv_heads=12,
-        d_head=64,
-        d_mlp=3072,
-        gated=False,
-        n_ctx=1024,
-        d_vocab=50257,
-    ),
-    "pythia-70m-deduped": dict(
-        n_params=70.4e6,
-        n_layers=6,
-        d_model=512,
-        n_heads=8,
-        n_kv_heads=8,
-        d_head=64,
-        d_mlp=2048,
-        gated=False,
-        n_ctx=2048,
-        d_vocab=50304,
-    ),
-    "gemma-2-2b": dict(
-        n_params=2.61e9,
-        n_layers=26,
-        d_model=2304,
-        n_heads=8,
-        n_kv_heads=4,
-        d_head=256,
-        d_mlp=9216,
-        gated=True,
-        n_ctx=8192,
-        d_vocab=256000,
-    ),
-    "toy-induction": dict(
-        n_params=0.05e6,
-        n_layers=2,
-        d_model=64,
-        n_heads=4,
-        n_kv_heads=4,
-        d_head=16,
-        d_mlp=0,
-        gated=False,
-        n_ctx=32,
-        d_vocab=64,
-    ),
-}
-CACHE_SEQ_LEN = 128
+# A config value the template leaves to the main model's row of src/models/families.yaml.
+FAMILY_DEFAULT = re.compile(
+    r"null  # set at generation from src/models/families.yaml: (\S+)$", re.M
+)
 FIRST_COMMIT_MESSAGE = "Initial commit from mech-interp-template"
 
 
@@ -96,77 +50,27 @@ def prune() -> None:
         shutil.rmtree(PROJECT / ".github", ignore_errors=True)
 
 
-def cache_floats_per_token(m: dict, seq_len: int) -> int:
-    """Floats one token adds to a full `run_with_cache` of a TransformerBridge (distinct tensors).
+def fill_model_defaults() -> None:
+    """Write the main model's defaults (its row of the family table) into the configs."""
+    sys.path.insert(0, str(PROJECT))
+    from src.models.families import family
 
-    Per block: the LayerNorm outputs (normalized and affine) and scales, attn_out, resid_post
-    (and resid_mid, mlp_out with an MLP); q, k, v, z; one attention-pattern row per head; MLP
-    pre/post activations. Once: embeddings, the first resid_pre, ln_final and the logits.
-    Exact for GPT-2-style blocks on TransformerLens 3.9; close for other architectures.
-    """
-    d, has_mlp = m["d_model"], m["d_mlp"] > 0
-    n_norms = 2 if has_mlp else 1
-    block = (
-        (2 * n_norms + (4 if has_mlp else 2)) * d
-        + n_norms
-        + (2 * m["n_heads"] + 2 * m["n_kv_heads"]) * m["d_head"]
-        + m["n_heads"] * seq_len
-        + (3 if m["gated"] else 2) * m["d_mlp"]
-    )
-    once = d + 2 * (d + 1) + (2 * d + 1) + m["d_vocab"]
-    return m["n_layers"] * block + once
+    row = dataclasses.asdict(family(ANSWERS["model_name"]))
 
+    def value(match: re.Match) -> str:
+        found = row
+        for key in match.group(1).split("."):
+            found = found[key]
+        return json.dumps(found)
 
-def compute_section(model: str, compute: str, gpu_gb: float) -> str:
-    """CLAUDE.md's Compute Resources: the GPU, and what a full activation cache costs on it."""
-    m = MODELS[model]
-    seq = min(CACHE_SEQ_LEN, m["n_ctx"])
-    gb_per_1k = cache_floats_per_token(m, seq) * 4 * 1000 / 1e9
-    weights_gb = m["n_params"] * 4 / 1e9
-    free_gb = gpu_gb - weights_gb
-    if free_gb <= 0:
-        memory = (
-            f"{gpu_gb:g} GB cannot hold `{model}`'s {weights_gb:.1f} GB of float32 weights: "
-            f"use dtype bfloat16 ({weights_gb / 2:.1f} GB) or a larger GPU"
-        )
-    else:
-        tokens = int(free_gb * 0.8 / gb_per_1k * 1000)
-        memory = (
-            f"{gpu_gb:g} GB holds `{model}`'s {weights_gb:.2g} GB of float32 weights and a full "
-            f"activation cache of about {tokens:,} tokens (batch of ~{max(tokens // seq, 1):,} "
-            f"prompts of {seq} tokens) in the remaining memory, keeping 20% headroom"
-        )
-    return "\n".join(
-        [
-            f"- **GPU**: {compute} ({gpu_gb:g} GB)",
-            f"- **Memory constraints**: {memory}. Cache only the hooks you need "
-            "(`names_filter`) to go further.",
-            f"- **Activation caching**: a full cache for `{model}` uses ~{gb_per_1k:.3g} GB per 1k "
-            f"tokens at sequence length {seq} (float32; attention patterns grow with seq^2); "
-            f"one residual-stream hook uses {m['d_model'] * 4 * 1000 / 1e6:.2g} MB per 1k tokens.",
-        ]
-    )
-
-
-def questions_section(questions: str) -> str:
-    """The research questions, numbered in the order given."""
-    items = [q.strip() for q in questions.split(";") if q.strip()]
-    return "\n".join(f"{i}. {q}" for i, q in enumerate(items, 1))
+    for path in sorted((PROJECT / "configs").glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        if FAMILY_DEFAULT.search(text):
+            path.write_text(FAMILY_DEFAULT.sub(value, text), encoding="utf-8")
 
 
 def fill_docs() -> None:
-    """Fill CLAUDE.md's sections derived from the answers, then scripts/update_docs.py's."""
-    claude = PROJECT / "CLAUDE.md"
-    fills = {
-        "<!-- fill:research-questions -->": questions_section(ANSWERS["research_questions"]),
-        "<!-- fill:compute -->": compute_section(
-            ANSWERS["model_name"], ANSWERS["compute"], float(ANSWERS["gpu_memory_gb"])
-        ),
-    }
-    text = claude.read_text(encoding="utf-8")
-    for marker, body in fills.items():
-        text = text.replace(marker, body)
-    claude.write_text(text, encoding="utf-8")
+    """Fill the generated sections of CLAUDE.md and AGENTS.md (scripts/update_docs.py)."""
     try:
         sys.path.insert(0, str(PROJECT / "scripts"))
         import update_docs
@@ -269,6 +173,7 @@ def first_commit() -> None:
 
 def main() -> None:
     prune()
+    fill_model_defaults()
     fill_docs()
     mode = cruft_mode()
     if mode == "update":

@@ -16,7 +16,7 @@ TRICKY = {
     "research_goal": 'Find: the "circuit" that\'s # not a comment & <b>bold</b> \\n — ok?',
     "research_questions": "What: is 'this'?; Does \"it\" hold\\? ; ;Ünï: çødé?",
     "author_name": 'O\'Brien "Bob" \\ Ñandú',
-    "compute": 'A100: 80GB "spot" \\ queue #1',
+    "compute": 'A100: 80GB "spot" \\ queue #1 \U0001f680',
     "gpu_memory_gb": "80",
 }
 OPTIONS = {
@@ -130,9 +130,26 @@ def test_claude_md_filled(case):
     listed = set(re.findall(r"^- `([^`]+)`", claude, re.M))
     assert "src/models/load.py" in listed and "scripts/run_experiment.py" in listed
     assert all((project.path / name).exists() for name in listed)
-    # the experiments table has a row per shipped config
-    configs = {p.name for p in (project.path / "configs").glob("*.yaml")}
-    assert configs and all(f"`configs/{name}`" in claude for name in configs)
+    # the experiments table has a row per shipped experiment config
+    rows = "\n".join(line for line in claude.splitlines() if line.startswith("| "))
+    configs = {p.name for p in (project.path / "configs").glob("*.yaml")} - {"project.yaml"}
+    assert configs and all(f"`configs/{name}`" in rows for name in configs)
+    assert "`configs/project.yaml`" not in rows
+
+
+def test_model_defaults_from_the_family_table(case):
+    """configs/experiment.yaml's model-dependent values and configs/project.yaml's answers."""
+    given, project = case
+    row = yaml.safe_load(project.read("src/models/families.yaml"))[given["model_name"]]
+    experiment = yaml.safe_load(project.read("configs/experiment.yaml"))
+    assert experiment["patching"]["layers"] == row["patching_defaults"]["layers"]
+    assert experiment["data"]["n_samples"] == row["patching_defaults"]["n_samples"]
+    assert experiment["data"]["seq_length"] == row["patching_defaults"]["seq_length"]
+    settings = yaml.safe_load(project.read("configs/project.yaml"))
+    assert settings["model"] == given["model_name"]
+    compute = settings["compute"].encode("utf-16", "surrogatepass").decode("utf-16")
+    assert compute == given["compute"]
+    assert float(settings["gpu_memory_gb"]) == float(given["gpu_memory_gb"])
 
 
 def test_ruff_passes(case):
@@ -158,21 +175,17 @@ def test_shipped_configs_validate(case):
     _, project = case
     check = (
         "import pathlib; from src.utils.config import load_config; "
-        "[load_config(p) for p in sorted(pathlib.Path('configs').glob('*.yaml'))]"
+        "[load_config(p) for p in sorted(pathlib.Path('configs').glob('*.yaml'))"
+        " if p.name != 'project.yaml']"
     )
     project.run("python", "-c", check)
 
 
 MEASURE_GPT2_CACHE = """
 import torch
-from transformer_lens.config import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
+from src.models.load import gpt2_shaped_model
 
-cfg = TransformerBridgeConfig(
-    n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
-    act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", seed=0,
-)
-model = TransformerBridge.boot_native(cfg).eval()
+model = gpt2_shaped_model("cpu")  # built from the gpt2-small row of src/models/families.yaml
 with torch.no_grad():
     _, cache = model.run_with_cache(torch.randint(0, 50257, (1, 128)))
 distinct = {}  # aliased hook names share one tensor: count each storage once

@@ -2,7 +2,8 @@
 
 Sections sit between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`
 markers; text outside the markers is never touched. Standard library and
-pyyaml only, so the project generator's hook can run it before any install.
+pyyaml only (with `src/models/families.py`, which is too), so the project
+generator's hook can run it before any install.
 
     python scripts/update_docs.py          # rewrite in place
     python scripts/update_docs.py --check  # exit 1 if a section is stale
@@ -20,7 +21,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `src`, for the family table's reader, however this is run
+    sys.path.insert(0, str(ROOT))
 DOCS = ("CLAUDE.md", "AGENTS.md")
+# The main model and compute (answers at generation), from which the compute section is derived.
+PROJECT_FILE = "configs/project.yaml"
+FAMILIES_FILE = "src/models/families.yaml"
+CACHE_SEQ_LEN = 128  # sequence length of the compute section's activation-cache estimates
 
 KEY_FILE_GROUPS = {
     "Models and Data": ["src/models/*.py", "src/data/*.py"],
@@ -217,6 +224,8 @@ def experiments(root: Path) -> str:
     logs = _logs(root / "data" / "results")
     rows = ["| Experiment | Config | Model | Status | Notes |", "|---|---|---|---|---|"]
     for path in sorted((root / "configs").glob("*.yaml")):
+        if path == root / PROJECT_FILE:  # the project's settings, not an experiment
+            continue
         try:
             cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
@@ -282,8 +291,57 @@ def shared_resources(root: Path) -> str:
     return "\n".join(lines)
 
 
+def _memory(model: str, gpu_gb: float, weights_gb: float, seq: int, gb_per_1k: float) -> str:
+    """What the GPU holds: the float32 weights, and how many tokens of full cache beside them."""
+    free_gb = gpu_gb - weights_gb
+    if free_gb <= 0:
+        return (
+            f"{gpu_gb:g} GB cannot hold `{model}`'s {weights_gb:.1f} GB of float32 weights: "
+            f"use dtype bfloat16 ({weights_gb / 2:.1f} GB) or a larger GPU"
+        )
+    tokens = int(free_gb * 0.8 / gb_per_1k * 1000)
+    return (
+        f"{gpu_gb:g} GB holds `{model}`'s {weights_gb:.2g} GB of float32 weights and a full "
+        f"activation cache of about {tokens:,} tokens (batch of ~{max(tokens // seq, 1):,} "
+        f"prompts of {seq} tokens) in the remaining memory, keeping 20% headroom"
+    )
+
+
+def compute(root: Path) -> str:
+    """Compute Resources: the GPU of configs/project.yaml, and what a full activation cache of
+    its main model costs there (dimensions from src/models/families.yaml)."""
+    from src.models.families import family
+
+    try:
+        project = yaml.safe_load((root / PROJECT_FILE).read_text(encoding="utf-8"))
+        model, gpu_gb = str(project["model"]), float(project["gpu_memory_gb"])
+        if not 0 < gpu_gb < float("inf"):
+            raise ValueError(f"gpu_memory_gb={gpu_gb:g} is not a positive number")
+        # a JSON-escaped answer holds characters beyond U+FFFF as surrogate pairs: join them
+        where = str(project["compute"]).encode("utf-16", "surrogatepass").decode("utf-16")
+        m = family(model, root / FAMILIES_FILE)
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as error:
+        return (
+            f"- Not derived: `{PROJECT_FILE}` needs `model` (a family of `{FAMILIES_FILE}`), "
+            f"`compute` and `gpu_memory_gb` ({error})."
+        )
+    seq = min(CACHE_SEQ_LEN, m.n_ctx)
+    gb_per_1k = m.cache_floats_per_token(seq) * 4 * 1000 / 1e9
+    return "\n".join(
+        [
+            f"- **GPU**: {where} ({gpu_gb:g} GB)",
+            f"- **Memory constraints**: {_memory(model, gpu_gb, m.weights_gb(), seq, gb_per_1k)}. "
+            "Cache only the hooks you need (`names_filter`) to go further.",
+            f"- **Activation caching**: a full cache for `{model}` uses ~{gb_per_1k:.3g} GB per 1k "
+            f"tokens at sequence length {seq} (float32; attention patterns grow with seq^2); "
+            f"one residual-stream hook uses {m.d_model * 4 * 1000 / 1e6:.2g} MB per 1k tokens.",
+        ]
+    )
+
+
 SECTIONS = {
     "key-files": key_files,
+    "compute": compute,
     "experiments": experiments,
     "commands": commands,
     "shared-resources": shared_resources,

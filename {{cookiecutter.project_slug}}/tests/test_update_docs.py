@@ -35,8 +35,10 @@ def test_sections_filled_and_hand_written_text_kept(project: Path):
     assert "Hand-written note that must survive." in text
     assert "- `src/models/load.py` - " in text
     assert "python scripts/run_experiment.py --config configs/toy_induction.yaml" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
     for config in (project / "configs").glob("*.yaml"):
-        assert f"`configs/{config.name}`" in text
+        in_table = any(f"`configs/{config.name}`" in row for row in rows)
+        assert in_table == (config.name != "project.yaml"), config.name  # settings, no experiment
     assert update_docs.main(["--root", str(project), "--check"]) == 0
 
 
@@ -161,3 +163,55 @@ def test_sae_config_status_follows_its_results_folder(project: Path):
         if line.startswith("|") and "`configs/toy_sae_training.yaml`" in line
     )
     assert "Complete (2026-03-04)" in row and "explained_variance=0.99 l0=4" in row
+
+
+def _compute_section(project: Path) -> str:
+    text = (project / "CLAUDE.md").read_text(encoding="utf-8")
+    return text.split("<!-- generated:compute -->\n")[1].split("<!-- /generated:compute -->")[0]
+
+
+def _set_project(project: Path, **values: object) -> None:
+    path = project / "configs" / "project.yaml"
+    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump({**settings, **values}), encoding="utf-8")
+
+
+def test_compute_section_follows_project_yaml(project: Path):
+    _set_project(project, model="gpt2-small", compute="Local RTX 3090", gpu_memory_gb=24)
+    update_docs.update(project)
+    section = _compute_section(project)
+    assert section.startswith("- **GPU**: Local RTX 3090 (24 GB)\n")
+    assert "holds `gpt2-small`'s 0.5 GB of float32 weights" in section
+    assert "a full cache for `gpt2-small` uses ~" in section
+
+    _set_project(project, gpu_memory_gb=80)  # a bigger GPU: the docs are stale until refreshed
+    assert update_docs.main(["--root", str(project), "--check"]) == 1
+    update_docs.update(project)
+    assert "- **GPU**: Local RTX 3090 (80 GB)" in _compute_section(project)
+
+    _set_project(project, model="gemma-2-2b", gpu_memory_gb=8)  # another model: stale again
+    assert update_docs.main(["--root", str(project), "--check"]) == 1
+    update_docs.update(project)
+    section = _compute_section(project)
+    assert "8 GB cannot hold `gemma-2-2b`'s 10.4 GB of float32 weights" in section
+    assert update_docs.main(["--root", str(project), "--check"]) == 0
+
+
+def test_compute_section_says_what_is_wrong(project: Path):
+    _set_project(project, model="gpt5")
+    update_docs.update(project)
+    section = _compute_section(project)
+    assert section.startswith("- Not derived: `configs/project.yaml` needs `model`")
+    assert "unknown model family 'gpt5'" in section and "'toy-induction'" in section
+
+
+def test_compute_answer_beyond_the_basic_plane_reads_back(project: Path):
+    """Generation writes answers JSON-escaped; an emoji arrives as a surrogate pair."""
+    path = project / "configs" / "project.yaml"
+    path.write_text(
+        'model: "toy-induction"\ncompute: "A100 \\ud83d\\ude80 \\"spot\\": #1"\n'
+        "gpu_memory_gb: 0.5\n",
+        encoding="utf-8",
+    )
+    update_docs.update(project)
+    assert '- **GPU**: A100 \U0001f680 "spot": #1 (0.5 GB)' in _compute_section(project)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from src.models.families import family, load_families
 from src.models.toy import TOY_BOS_TOKEN_ID, TOY_MODELS, load_toy_model
 
+# Short pretrained name -> Hugging Face id, from the family table (src/models/families.yaml).
 PRETRAINED_MODELS: dict[str, str] = {
-    "gpt2-small": "gpt2",
-    "pythia-70m-deduped": "EleutherAI/pythia-70m-deduped",
-    "gemma-2-2b": "google/gemma-2-2b",
+    name: row.hf_id for name, row in load_families().items() if row.hf_id is not None
 }
 
 DTYPES: dict[str, torch.dtype] = {
@@ -131,25 +131,17 @@ def load_model(
     )
 
 
-def gpt2_shaped_model(device: str | torch.device = "auto", n_ctx: int = 1024) -> TransformerBridge:
-    """A random-init native bridge of GPT-2 small's shape (12 layers, d_model 768), seeded:
-    for benchmarks at a realistic size with no download."""
+def gpt2_shaped_model(
+    device: str | torch.device = "auto", n_ctx: int | None = None
+) -> TransformerBridge:
+    """A random-init native bridge of GPT-2 small's shape (its row of the family table; context
+    `n_ctx`, default its own), seeded: for benchmarks at a realistic size with no download."""
     from transformer_lens.config import TransformerBridgeConfig
 
-    cfg = TransformerBridgeConfig(
-        n_layers=12,
-        d_model=768,
-        n_ctx=n_ctx,
-        d_head=64,
-        n_heads=12,
-        d_vocab=50257,
-        d_mlp=3072,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        attn_only=False,
-        positional_embedding_type="standard",
-        seed=0,
-    )
+    kwargs = family("gpt2-small").bridge_config_kwargs()
+    if n_ctx is not None:
+        kwargs["n_ctx"] = n_ctx
+    cfg = TransformerBridgeConfig(**kwargs, seed=0)
     return TransformerBridge.boot_native(cfg, device=resolve_device(device)).eval()
 
 
