@@ -34,11 +34,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-# per model: hooks timed, context, tokens timed, batch size, RSS sizes (small; large = 10x)
+# per model: hooks timed ((point, layer): src.models.hooks), context, tokens timed, batch
+# size, RSS sizes (small; large = 10x)
 PER_MODEL = ("hooks", "n_tokens", "batch_size", "rss_tokens", "shard_tokens")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "toy": {
-        "hooks": ["blocks.1.hook_resid_post"],  # the last block: no early stop to gain from
+        "hooks": [("resid_post", 1)],  # the last block: no early stop to gain from
         "context": 32,
         "n_tokens": 2**16,
         "batch_size": 64,
@@ -46,7 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "shard_tokens": 2**16,
     },
     "gpt2-sized": {
-        "hooks": ["blocks.8.hook_resid_pre", "blocks.11.hook_resid_post"],
+        "hooks": [("resid_pre", 8), ("resid_post", 11)],
         "context": 128,
         "n_tokens": 2**13,
         "batch_size": 16,
@@ -54,6 +55,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "shard_tokens": 2**11,
     },
 }
+
+
+def default(kind: str, key: str) -> Any:
+    """The default of setting ``key`` for model ``kind`` (hooks as TransformerLens names)."""
+    from src.models.hooks import hook_name
+
+    value = DEFAULTS[kind][key]
+    return [hook_name(point, layer) for point, layer in value] if key == "hooks" else value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -249,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: getattr(args, k) for k in PER_MODEL}
     for kind in kinds:
         for key, value in given.items():
-            setattr(args, key, value or DEFAULTS[kind][key])
+            setattr(args, key, value or default(kind, key))
         args.context = DEFAULTS[kind]["context"]
         table += throughput_rows(kind, args)
         if not args.no_rss:

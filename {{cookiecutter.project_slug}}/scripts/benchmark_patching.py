@@ -193,7 +193,7 @@ def run_tl(
     import torch
     import transformer_lens.patching as tlp
 
-    from src.experiments.patching import n_heads_of, result_axes
+    from src.models.hooks import n_heads_of, result_axes
 
     axes = result_axes(component, per_position)
     sizes = {
@@ -225,16 +225,30 @@ def run_tl(
     return result
 
 
+def clean_caches(model: Any, clean: Any, corrupted: Any, device: Any) -> tuple[float, Any, Any]:
+    """TL's clean cache (and the seconds it took), and the head outputs of the clean pattern
+    on the corrupted values per layer: what TL is given to patch ``pattern`` through z."""
+    import torch
+
+    from src.analysis.patch_engine import pattern_times_values
+    from src.models.hooks import hook_name
+
+    with torch.no_grad():
+        cache_s, (_, cache) = best_time(lambda: model.run_with_cache(clean), 1, device)
+        _, corrupted_cache = model.run_with_cache(corrupted)
+    z_cache = {
+        hook_name("z", layer): pattern_times_values(
+            cache[hook_name("pattern", layer)], corrupted_cache[hook_name("v", layer)]
+        )
+        for layer in range(model.cfg.n_layers)
+    }
+    return cache_s, cache, z_cache
+
+
 def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Row]:
     import torch
 
-    from src.experiments.patching import (
-        COMPONENTS,
-        HEAD_COMPONENTS,
-        activation_patch,
-        pattern_times_values,
-        result_axes,
-    )
+    from src.models.hooks import available_components
 
     toy = name == "toy"
     n_prompts = args.n_prompts or (8 if toy else 2)
@@ -246,16 +260,8 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
     if not toy:
         subset["layer"] = sorted(args.layers or [0, n_layers - 1])
         subset["pos"] = sorted(args.positions or [seq // 2, seq - 1])
+    cache_s, cache, z_cache = clean_caches(model, clean, corrupted, device)
     with torch.no_grad():
-        cache_s, (_, cache) = best_time(lambda: model.run_with_cache(clean), 1, device)
-        _, corrupted_cache = model.run_with_cache(corrupted)
-        z_cache = {
-            f"blocks.{layer}.attn.hook_z": pattern_times_values(
-                cache[f"blocks.{layer}.attn.hook_pattern"],
-                corrupted_cache[f"blocks.{layer}.attn.hook_v"],
-            )
-            for layer in range(n_layers)
-        }
         baseline = metric(model(corrupted)).item()
     what = ", ".join(f"{axis} {v}" for axis, v in subset.items()) or "every index"
     print(
@@ -266,55 +272,16 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
         f"per-position head rows only); TL's clean cache took {cache_s:.3f} s: not in "
         f"'TL s', added in 'TL+cache x'"
     )
-    rows = []
-    for component in args.components or COMPONENTS:
-        if component == "mlp_out" and model.cfg.attn_only:
+    inputs = (model, clean, corrupted, metric)
+    rows: list[Row] = []
+    available = available_components(model)
+    for component in args.components or available:
+        if component == "mlp_out" and component not in available:
             continue
-        for per_position in (False, True):
-            heads_row = component in HEAD_COMPONENTS and per_position
-            kept = {k: v for k, v in subset.items() if k != "pos" or heads_row}
-            tl_cache = z_cache if component == "pattern" else cache
-            tl = partial(run_tl, model, corrupted, tl_cache, metric, component, per_position, kept)
-            ours_fn = partial(
-                activation_patch,
-                model,
-                clean,
-                corrupted,
-                metric,
-                component,
-                per_position,
-                layers=kept.get("layer"),
-                positions=kept.get("pos"),
-                memory_budget_mb=args.memory_budget_mb,
-            )
-            with torch.no_grad():
-                tl_s, ref = best_time(tl, args.repeats, device)
-            ours_s, ours = best_time(ours_fn, args.repeats, device)
-            done = ~torch.isnan(ref)
-            assert torch.equal(done, ~torch.isnan(ours)), "patched indices differ"
-            rows.append(
-                Row(
-                    component=component,
-                    layout="[" + ", ".join(result_axes(component, per_position)) + "]",
-                    n_patches=int(done.sum()),
-                    tl_s=tl_s,
-                    cache_s=cache_s,
-                    ours_s=ours_s,
-                    max_diff=(ref[done] - ours[done]).abs().max().item(),
-                )
-            )
-            print_row(rows[-1], header=len(rows) == 1)
+        caches = (cache_s, z_cache if component == "pattern" else cache)
+        rows += compare_component(inputs, caches, component, subset, args, device, rows)
     if toy and (args.components is None or "pattern" in args.components):
-        import transformer_lens.patching as tlp
-
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            tl_pattern = tlp.get_act_patch_attn_head_pattern_all_pos(
-                model, corrupted, cache, metric
-            )
-        print(
-            f"note: TL's own get_act_patch_attn_head_pattern_all_pos here: max |value - "
-            f"corrupted baseline| = {(tl_pattern - baseline).abs().max().item():.2e}"
-        )
+        print_tl_pattern_note(model, corrupted, cache, metric, baseline)
     print_components(rows)
     tl_total, ours_total = sum(r.tl_s for r in rows), sum(r.ours_s for r in rows)
     print(
@@ -323,6 +290,65 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
         f"({sum((r.tl_s + r.cache_s) / r.ours_s >= 3 for r in rows)} with TL's cache)"
     )
     return rows
+
+
+def compare_component(
+    inputs: tuple, caches: tuple[float, Any], component: str, subset: dict[str, list[int]],
+    args: argparse.Namespace, device: Any, done: list[Row],
+) -> list[Row]:  # fmt: skip
+    """Both layouts of ``component``, TL's and ours, timed on ``inputs`` (model, clean,
+    corrupted, metric); ``caches``: TL's cache time and the cache it patches from. Each row
+    is printed as it comes (a header before the first of ``done``)."""
+    import torch
+
+    from src.analysis.patching import activation_patch
+    from src.models.hooks import HEAD_COMPONENTS, result_axes
+
+    model, clean, corrupted, metric = inputs
+    cache_s, tl_cache = caches
+    rows = []
+    for per_position in (False, True):
+        heads_row = component in HEAD_COMPONENTS and per_position
+        kept = {k: v for k, v in subset.items() if k != "pos" or heads_row}
+        tl = partial(run_tl, model, corrupted, tl_cache, metric, component, per_position, kept)
+        ours_fn = partial(
+            activation_patch, model, clean, corrupted, metric, component, per_position,
+            layers=kept.get("layer"), positions=kept.get("pos"),
+            memory_budget_mb=args.memory_budget_mb,
+        )  # fmt: skip
+        with torch.no_grad():
+            tl_s, ref = best_time(tl, args.repeats, device)
+        ours_s, ours = best_time(ours_fn, args.repeats, device)
+        patched = ~torch.isnan(ref)
+        assert torch.equal(patched, ~torch.isnan(ours)), "patched indices differ"
+        rows.append(
+            Row(
+                component=component,
+                layout="[" + ", ".join(result_axes(component, per_position)) + "]",
+                n_patches=int(patched.sum()),
+                tl_s=tl_s,
+                cache_s=cache_s,
+                ours_s=ours_s,
+                max_diff=(ref[patched] - ours[patched]).abs().max().item(),
+            )
+        )
+        print_row(rows[-1], header=not done and len(rows) == 1)
+    return rows
+
+
+def print_tl_pattern_note(
+    model: Any, corrupted: Any, cache: Any, metric: Callable, baseline: float
+) -> None:
+    """TL's own pattern patching on a native bridge returns the corrupted baseline."""
+    import torch
+    import transformer_lens.patching as tlp
+
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+        tl_pattern = tlp.get_act_patch_attn_head_pattern_all_pos(model, corrupted, cache, metric)
+    print(
+        f"note: TL's own get_act_patch_attn_head_pattern_all_pos here: max |value - "
+        f"corrupted baseline| = {(tl_pattern - baseline).abs().max().item():.2e}"
+    )
 
 
 def print_components(rows: list[Row]) -> None:

@@ -14,7 +14,6 @@ command to resume. Defaults (without --config): dataset "induction" for toy mode
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 from pathlib import Path
@@ -28,7 +27,6 @@ for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
 
 DEFAULT_N_TOKENS = 32_768
 DEFAULT_CONTEXT = 128  # at most; the model's n_ctx when smaller
-ATTN_POINTS = ("z", "q", "k", "v", "pattern", "attn_scores", "result")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,16 +135,15 @@ def hook_names(model, layer: int, points: str) -> list[str]:
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"--layer {layer} is out of range: the model has layers 0-{n_layers - 1}")
+    from src.models.hooks import block_hook_name, block_points
+
     available = model.hook_dict
     names = []
     for point in points.split(","):
         point = point.strip().removeprefix("hook_")
-        where = "attn." if point in ATTN_POINTS else ""
-        name = f"blocks.{layer}.{where}hook_{point}"
+        name = block_hook_name(point, layer)
         if name not in available:
-            pattern = re.compile(rf"blocks\.{layer}\.(?:attn\.)?hook_(\w+)")
-            found = (pattern.fullmatch(key) for key in available)
-            known = sorted({m[1] for m in found if m and m[1] not in ("in", "out")})
+            known = block_points(available, layer)
             raise ValueError(f"--hook-point {point!r}: no {name} in this model; known: {known}")
         names.append(name)
     return names

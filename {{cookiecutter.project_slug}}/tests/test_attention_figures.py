@@ -10,16 +10,15 @@ import pytest
 import torch
 from matplotlib.image import AxesImage, imread
 
+from src.analysis.attention import attention_patterns, head_patterns, parse_head
+from src.analysis.tokens import token_strings
 from src.models.toy import TOY_BOS_TOKEN_ID
 from src.visualization.attention import (
     attention_figure,
     attention_html,
-    attention_patterns,
-    parse_head,
     plot_attention_patterns,
+    save_attention_figures,
     save_attention_html,
-    save_model_attention,
-    token_strings,
 )
 
 PREV_TOKEN_HEAD = (0, 2)  # the toy model's previous-token head (src/models/toy.py)
@@ -113,7 +112,10 @@ def test_html_is_self_contained_and_holds_the_data(tmp_path):
 
 
 def test_save_model_attention(toy_model, prompt, tmp_path):
-    paths = save_model_attention(toy_model, prompt[None], ["a0.h2"], tmp_path / "toy_attn")
+    view = head_patterns(toy_model, prompt[None], ["a0.h2"])
+    paths = save_attention_figures(
+        view.patterns, tmp_path / "toy_attn", view.labels, head_names=view.head_names
+    )
     assert [p.name for p in paths] == ["toy_attn.png", "toy_attn.html"]
     text = paths[1].read_text(encoding="utf-8")
     assert '"attentionHeadNames": ["a0.h2"]' in text

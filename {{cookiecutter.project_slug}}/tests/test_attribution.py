@@ -10,14 +10,12 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 
-from src.analysis.attribution import (
-    COMPONENT_HOOKS,
-    attribution_patch,
-    direct_logit_attribution,
-    result_axes,
-)
+from src.analysis.attribution import attribution_patch
+from src.analysis.dla import direct_logit_attribution
 from src.analysis.metrics import bind_metric
 from src.data.induction import make_induction_dataset
+from src.models import hooks
+from src.models.hooks import result_axes
 from src.models.load import load_model
 
 N_PROMPTS = 8
@@ -173,7 +171,7 @@ def test_equals_finite_difference_directional_derivative(induction):
         estimate = attribution_patch(model, clean, corrupted, metric, component) - baseline
         assert estimate.dtype == torch.float64
         for layer, head in indices:
-            name = f"blocks.{layer}.{COMPONENT_HOOKS[component]}"
+            name = hooks.component(component).activation_hook(layer)
             direction = clean_cache[name] - corr_cache[name]
             if component == "pattern":
                 v = corr_cache[f"blocks.{layer}.attn.hook_v"]

@@ -6,16 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from src.analysis.circuit_graph import model_graph
+from src.analysis.circuits import evaluate_circuit, prune, run_with_edges, select_edges
+from src.analysis.eap import edge_scores
 from src.analysis.metrics import bind_metric
 from src.data.induction import make_induction_dataset
-from src.experiments.circuit_discovery import (
-    edge_scores,
-    evaluate_circuit,
-    model_graph,
-    prune,
-    run_with_edges,
-    select_edges,
-)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,20 @@ import torch
 from matplotlib.patches import Rectangle
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from src.visualization.features import (
+from src.analysis.features import (
     choose_features,
-    contexts_markdown,
     decoder_logits,
-    decoder_markdown,
     decoder_top_tokens,
-    density_figure,
     feature_stats,
-    final_norm_linear,
+    top_contexts,
+)
+from src.analysis.norms import final_norm_linear
+from src.visualization.features import (
+    contexts_markdown,
+    decoder_markdown,
+    density_figure,
     plot_feature_density,
     save_contexts_markdown,
-    top_contexts,
 )
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from src.analysis.norms import final_norm_linear
 from src.data.activation_cache import cache_activations
 from src.data.loading import load_dataset
 from src.utils.config import config_to_dict, load_config
 from src.utils.tracking import log_experiment
 from src.visualization import generate_all as G
-from src.visualization.features import final_norm_linear
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"

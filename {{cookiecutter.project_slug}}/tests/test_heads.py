@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.analysis.heads import (
-    attention_patterns,
-    induction_scores,
-    prev_token_scores,
-    repeated_random_tokens,
-)
+from src.data.repeated import repeated_random_tokens
+from src.models.head_scores import attention_patterns, induction_scores, prev_token_scores
 from src.models.toy import TOY_BOS_TOKEN_ID
 from src.visualization.heads import plot_head_scores
 

@@ -12,19 +12,17 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
+from src.analysis import forward, patch_engine
+from src.analysis.forward import patches_per_forward
 from src.analysis.metrics import bind_metric, normalize
+from src.analysis.patch_engine import pattern_times_values
+from src.analysis.patching import activation_patch, activation_patch_all
 from src.data.induction import make_induction_dataset
-from src.experiments import patching
-from src.experiments.patching import (
-    COMPONENTS,
-    activation_patch,
-    activation_patch_all,
-    patches_per_forward,
-    pattern_times_values,
-)
+from src.models.hooks import COMPONENTS
 from src.models.toy import TOY_BOS_TOKEN_ID
 
 TOY_COMPONENTS = [c for c in COMPONENTS if c != "mlp_out"]
+BENCHMARK = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_patching.py"
 
 
 def _whole(corrupted, index, clean):
@@ -152,16 +150,8 @@ def mlp_data():
 
 def test_references_are_the_named_transformer_lens_functions():
     """The TL references above are the partials behind TL's named functions."""
-    named = {
-        ("resid_pre", True): "get_act_patch_resid_pre",
-        ("attn_out", True): "get_act_patch_attn_out",
-        ("mlp_out", True): "get_act_patch_mlp_out",
-        **{
-            (component, per_position): f"get_act_patch_attn_head_{tl}_{layout}"
-            for component, tl in (("head_out", "out"), ("q", "q"), ("k", "k"), ("v", "v"))
-            for per_position, layout in ((False, "all_pos"), (True, "by_pos"))
-        },
-    }
+    named = runpy.run_path(str(BENCHMARK))["TL_FUNCTIONS"]  # the benchmark's table
+    assert len(named) == 11
     for key, name in named.items():
         activation, setter, axes = TL_SPECS[key]
         assert getattr(tlp, name).keywords == {
@@ -223,11 +213,11 @@ def test_grouped_query_rotary_model_matches_transformer_lens(mlp_data, component
 def test_small_memory_budget_batches_correctly(toy_model, toy_data, toy_metric, toy_refs):
     """K = 3 patches per forward (88 indices: 29 forwards of 3 and one of 1), and K = 1."""
     n_prompts, n_pos = toy_data.clean_tokens.shape
-    row_mb = patching._bytes_per_row(toy_model, n_pos, full_logits=False) / 2**20
+    row_mb = forward.bytes_per_row(toy_model, n_pos, full_logits=False) / 2**20
     budget = 3.5 * n_prompts * row_mb
     assert patches_per_forward(toy_model, n_prompts, n_pos, budget, full_logits=False) == 3
     chunks: list[int] = []
-    run = patching._Patcher.run
+    run = patch_engine.Patcher.run
 
     def spy(self, chunk):
         chunks.append(len(chunk))
@@ -235,7 +225,7 @@ def test_small_memory_budget_batches_correctly(toy_model, toy_data, toy_metric, 
 
     ref = toy_refs("k", True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(patching._Patcher, "run", spy)
+        mp.setattr(patch_engine.Patcher, "run", spy)
         for budget_mb, sizes in ((budget, [3] * 29 + [1]), (1e-6, [1] * 88)):
             chunks.clear()
             ours = activation_patch(
@@ -253,7 +243,7 @@ def test_small_memory_budget_batches_correctly(toy_model, toy_data, toy_metric, 
 
 def test_full_forward_fallback_matches(toy_model, toy_data, toy_metric, toy_refs, monkeypatch):
     """Bridges whose blocks cannot be run by hand get full (batched) forwards."""
-    monkeypatch.setattr(patching, "_can_start_at_layer", lambda *args: False)
+    monkeypatch.setattr(patch_engine, "can_start_at_layer", lambda *args: False)
     for component in ("head_out", "pattern"):
         ours = activation_patch(
             toy_model,
@@ -284,12 +274,12 @@ def test_can_start_at_layer_checks_the_tail(toy_model, toy_data, monkeypatch):
     with torch.no_grad():
         logits, cache = toy_model.run_with_cache(tokens)
     resid = cache["blocks.1.hook_resid_pre"]
-    assert patching._can_start_at_layer(toy_model)  # a native bridge
-    monkeypatch.setattr(patching, "_is_native", lambda model: False)
+    assert forward.can_start_at_layer(toy_model)  # a native bridge
+    monkeypatch.setattr(forward, "is_native", lambda model: False)
     with torch.no_grad():
-        assert patching._can_start_at_layer(toy_model, resid, 1, logits)
-        assert not patching._can_start_at_layer(toy_model, resid, 1, logits + 1.0)
-        assert not patching._can_start_at_layer(toy_model)  # nothing to check against
+        assert forward.can_start_at_layer(toy_model, resid, 1, logits)
+        assert not forward.can_start_at_layer(toy_model, resid, 1, logits + 1.0)
+        assert not forward.can_start_at_layer(toy_model)  # nothing to check against
 
 
 def test_known_answer_induction_heads(toy_model):
@@ -405,8 +395,7 @@ def test_activation_patch_all_includes_mlp_out(mlp_model, mlp_data):
 
 def test_benchmark_script_runs_on_the_toy(toy_model, capsys):
     """scripts/benchmark_patching.py: one component on the toy, both layouts, equal to TL."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_patching.py"
-    main = runpy.run_path(str(script))["main"]
+    main = runpy.run_path(str(BENCHMARK))["main"]
     args = ["--model", "toy", "--device", "cpu", "--components", "v", "--n-prompts", "2"]
     assert main([*args, "--seq", "9"]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from src.analysis.heads import induction_scores, prev_token_scores, repeated_random_tokens
+from src.data.repeated import repeated_random_tokens
+from src.models.head_scores import induction_scores, prev_token_scores
 from src.models.toy import (
     TOY_BOS_TOKEN_ID,
     TOY_MODELS,

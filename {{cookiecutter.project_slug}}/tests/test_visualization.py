@@ -14,20 +14,12 @@ from matplotlib.colors import to_rgba
 from matplotlib.image import AxesImage, imread
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-from src.visualization.circuit import (
-    circuit_figure,
-    circuit_layout,
-    plot_circuit,
-    save_circuit_html,
-    validate_circuit,
-    visible_subgraph,
-)
-from src.visualization.patching import (
-    heatmap_figure,
-    plot_patching_heatmap,
-    save_heatmap_html,
-    significant_cells,
-)
+from src.visualization.circuit import circuit_figure, plot_circuit
+from src.visualization.circuit_geometry import circuit_layout, validate_circuit, visible_subgraph
+from src.visualization.circuit_html import save_circuit_html
+from src.visualization.heatmap import significant_cells
+from src.visualization.heatmap_html import save_heatmap_html
+from src.visualization.patching import heatmap_figure, plot_patching_heatmap
 
 NAN = float("nan")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

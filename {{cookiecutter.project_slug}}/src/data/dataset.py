@@ -88,3 +88,10 @@ class TokenDataset:
 
     def to(self, device: str | torch.device) -> TokenDataset:
         return dataclasses.replace(self, tokens=self.tokens.to(device))
+
+
+def batches(dataset: ContrastDataset | TokenDataset, batch_size: int) -> list:
+    """The dataset in consecutive slices of at most ``batch_size`` prompts."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    return [dataset[i : i + batch_size] for i in range(0, len(dataset), batch_size)]

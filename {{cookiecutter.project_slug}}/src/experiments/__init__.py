@@ -1,1 +1,3 @@
-"""Experiment logic only: each ``run_*(model, dataset, config) -> dict`` of plain results."""
+"""Runners: one module per experiment kind, ``run_*(model, dataset, config) -> dict`` of
+JSON-able results, that reads its config section and calls methods from ``src.analysis``.
+No experiment module imports another (shared runner helpers: ``common``, not a kind)."""

@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from src.analysis.metrics import logit_diff, top1_accuracy
-from src.data.dataset import ContrastDataset, TokenDataset
+from src.data.dataset import ContrastDataset, TokenDataset, batches
 
 
 def run_baseline(
@@ -27,15 +27,17 @@ def run_baseline(
     ``config`` is unused (every ``run_*`` takes ``(model, dataset, config)``).
     """
     device = next(model.parameters()).device
-    batches = [dataset[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
-    batches = tqdm(batches, desc="baseline", unit="batch", disable=not progress, leave=False)
+    steps = tqdm(
+        batches(dataset, batch_size), desc="baseline", unit="batch", disable=not progress,
+        leave=False,
+    )  # fmt: skip
     with torch.no_grad():
         if isinstance(dataset, TokenDataset):
-            return _language_model(model, batches, device, len(dataset))
+            return _language_model(model, steps, device, len(dataset))
         per_prompt: dict[str, list[Tensor]] = {
             k: [] for k in ("clean", "corrupted", "cacc", "xacc")
         }
-        for batch in batches:
+        for batch in steps:
             batch = batch.to(device)
             clean = model(batch.clean_tokens)[:, -1].float()
             corrupted = model(batch.corrupted_tokens)[:, -1].float()

@@ -12,6 +12,9 @@ through this module only, so a hook is spelled once. Two kinds of names:
 
 from __future__ import annotations
 
+import operator
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,8 @@ HOOK_POINTS: dict[str, str] = {
     "v": "attn.hook_v",
     "z": "attn.hook_z",
     "pattern": "attn.hook_pattern",
+    "attn_scores": "attn.hook_attn_scores",
+    "result": "attn.hook_result",
     "ln1_in": "ln1.hook_in",
     "ln2_in": "ln2.hook_in",
 }
@@ -47,6 +52,21 @@ def hook_name(point: str, layer: int) -> str:
     return f"blocks.{layer}.{HOOK_POINTS[point]}"
 
 
+def block_hook_name(point: str, layer: int) -> str:
+    """``hook_name`` for a point of ``HOOK_POINTS``; any other point ``p`` as
+    ``blocks.{layer}.hook_{p}``, a hook some models have (``mlp_in``, ``attn_in``, ...)."""
+    return hook_name(point, layer) if point in HOOK_POINTS else f"blocks.{layer}.hook_{point}"
+
+
+def block_points(names: Iterable[str], layer: int) -> list[str]:
+    """The hook points of block ``layer`` among the hook ``names`` of a model (the ``p`` of
+    ``blocks.{layer}.hook_{p}`` and ``blocks.{layer}.attn.hook_{p}``), sorted, without the
+    generic ``in`` / ``out``."""
+    pattern = re.compile(rf"blocks\.{layer}\.(?:attn\.)?hook_(\w+)")
+    found = (pattern.fullmatch(name) for name in names)
+    return sorted({m[1] for m in found if m and m[1] not in ("in", "out")})
+
+
 @dataclass(frozen=True)
 class Component:
     """A sweepable activation: the hook point it patches and whether it has a head axis."""
@@ -55,9 +75,15 @@ class Component:
     point: str  # the hook point patched (pattern: through z = pattern @ v)
     per_head: bool
     kv: bool = False  # indexed by key/value heads (grouped-query attention)
+    own: str = ""  # the point holding its own activation, when not ``point`` (pattern)
 
     def hook(self, layer: int) -> str:
+        """The hook patched in block ``layer``."""
         return hook_name(self.point, layer)
+
+    def activation_hook(self, layer: int) -> str:
+        """The hook holding the component's own activation (``hook_pattern`` for pattern)."""
+        return hook_name(self.own or self.point, layer)
 
     def axes(self, per_position: bool) -> tuple[str, ...]:
         """Result axes, in the order of the matching ``transformer_lens.patching`` function."""
@@ -78,7 +104,7 @@ COMPONENTS: dict[str, Component] = {
         Component("q", "q", per_head=True),
         Component("k", "k", per_head=True, kv=True),
         Component("v", "v", per_head=True, kv=True),
-        Component("pattern", "z", per_head=True),
+        Component("pattern", "z", per_head=True, own="pattern"),
     )
 }
 HEAD_COMPONENTS = tuple(name for name, c in COMPONENTS.items() if c.per_head)
@@ -110,3 +136,28 @@ def available_components(model: Any) -> list[str]:
     """The components the model has (no mlp_out on attention-only models)."""
     attn_only = getattr(model.cfg, "attn_only", False)
     return [name for name in COMPONENTS if not (name == "mlp_out" and attn_only)]
+
+
+def check_indices(
+    name: str, values: int | Sequence[int] | None, size: int, *, negative: bool = False
+) -> list[int]:
+    """``values`` (one index or several) checked against ``[0, size)`` (``[-size, size)``
+    if ``negative``: from the end), as sorted non-negative ints; all of ``range(size)`` when
+    None. A ValueError names ``name`` and the allowed range otherwise."""
+    if values is None:
+        return list(range(size))
+    allowed = f"[{-size if negative else 0}, {size})"
+    try:
+        ints = (
+            [operator.index(values)]
+            if isinstance(values, int)
+            else [operator.index(v) for v in values]
+        )
+    except TypeError as error:
+        raise ValueError(f"{name} must be a list of ints in {allowed}, got {values!r}") from error
+    if not ints:
+        raise ValueError(f"{name} must not be empty; allowed values: {allowed}")
+    bad = [v for v in ints if not (-size if negative else 0) <= v < size]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range; allowed: {allowed}")
+    return sorted({v % size for v in ints})

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-from src.analysis.heads import induction_scores, prev_token_scores, repeated_random_tokens
+from src.data.repeated import repeated_random_tokens
+from src.models.head_scores import induction_scores, prev_token_scores
 from src.utils.files import write_atomic, write_text_atomic
 
 TOY_BOS_TOKEN_ID = 0

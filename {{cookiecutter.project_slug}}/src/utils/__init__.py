@@ -1,1 +1,2 @@
-"""Config loading, seeding and experiment tracking."""
+"""Foundation: config loading, seeding, files and experiment tracking. Imports nothing from
+the other layers of ``src``."""

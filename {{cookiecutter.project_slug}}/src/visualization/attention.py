@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,68 +22,8 @@ from torch import Tensor
 
 from src.utils.files import write_atomic, write_text_atomic
 
-Head = tuple[int, int]  # (layer, head)
-HEAD_NAME = re.compile(r"^a(\d+)\.h(\d+)$")  # the circuit code's node names: a1.h0
 MAX_TICKS = 40  # label at most this many positions per axis
 MAX_PANEL_COLS = 2
-
-
-def parse_head(head: Head | str) -> Head:
-    """``(layer, head)`` from a tuple or a name like ``a1.h0`` or ``L1H0``."""
-    if isinstance(head, str):
-        match = HEAD_NAME.match(head) or re.match(r"^L(\d+)H(\d+)$", head)
-        if match is None:
-            raise ValueError(f"head {head!r}: expected 'a<layer>.h<head>' or 'L<layer>H<head>'")
-        return int(match[1]), int(match[2])
-    layer, index = head
-    return int(layer), int(index)
-
-
-def head_name(head: Head) -> str:
-    return f"a{head[0]}.h{head[1]}"
-
-
-def token_strings(model: Any, tokens: Tensor | Sequence[int]) -> list[str]:
-    """One label per token: the decoded text when the model has a tokenizer, else the id."""
-    ids = torch.as_tensor(tokens).flatten().tolist()
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return [str(i) for i in ids]
-    return [tokenizer.decode([i]) for i in ids]
-
-
-def _one_prompt(tokens: Tensor) -> Tensor:
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim == 2 and tokens.shape[0] == 1:
-        tokens = tokens[0]
-    if tokens.ndim != 1 or tokens.dtype.is_floating_point or tokens.numel() == 0:
-        raise ValueError(f"tokens must be one prompt of token ids [pos], got {tuple(tokens.shape)}")
-    return tokens
-
-
-def attention_patterns(model: Any, tokens: Tensor, heads: Sequence[Head | str]) -> Tensor:
-    """The attention patterns ``[len(heads), dest, src]`` of ``heads`` on one prompt
-    (``tokens``: ``[pos]`` or ``[1, pos]``), float32 on the CPU. One forward, caching only
-    the layers' ``hook_pattern``."""
-    chosen = [parse_head(h) for h in heads]
-    if not chosen:
-        raise ValueError("heads must name at least one (layer, head)")
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    for layer, head in chosen:
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(
-                f"head {head_name((layer, head))} is out of range for this model "
-                f"(layers 0..{n_layers - 1}, heads 0..{n_heads - 1})"
-            )
-    tokens = _one_prompt(tokens).to(next(model.parameters()).device)
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer, _ in chosen}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
-    return (
-        torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0, head] for layer, head in chosen])
-        .float()
-        .cpu()
-    )
 
 
 def _check_patterns(patterns: Tensor | np.ndarray, labels: Sequence[str] | None) -> np.ndarray:
@@ -211,27 +149,25 @@ def save_attention_html(
     return path
 
 
-def save_model_attention(
-    model: Any,
-    tokens: Tensor,
-    heads: Sequence[Head | str],
+def save_attention_figures(
+    patterns: Tensor | np.ndarray,
     stem: str | Path,
+    labels: Sequence[str],
     *,
+    head_names: Sequence[str] | None = None,
     title: str | None = None,
     html_view: bool = True,
 ) -> list[Path]:
-    """Patterns of ``heads`` on one prompt, as ``{stem}.png`` (and ``{stem}.html`` with
-    ``html_view``); returns the paths written."""
-    tokens = _one_prompt(tokens)
-    patterns = attention_patterns(model, tokens, heads)
-    labels = token_strings(model, tokens)
-    names = [head_name(parse_head(h)) for h in heads]
+    """``patterns`` of one prompt (e.g. ``src.analysis.attention.head_patterns``) as
+    ``{stem}.png`` (and ``{stem}.html`` with ``html_view``); returns the paths written."""
     title = title or "Attention patterns"
     paths = [
-        plot_attention_patterns(patterns, f"{stem}.png", labels, head_names=names, title=title)
+        plot_attention_patterns(patterns, f"{stem}.png", labels, head_names=head_names, title=title)
     ]
     if html_view:
         paths.append(
-            save_attention_html(patterns, f"{stem}.html", labels, head_names=names, title=title)
+            save_attention_html(
+                patterns, f"{stem}.html", labels, head_names=head_names, title=title
+            )
         )
     return paths

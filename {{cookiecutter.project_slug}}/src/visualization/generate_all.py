@@ -187,7 +187,7 @@ def first_prompt(model: Any, config: dict[str, Any]) -> Any:
 
 
 def _grid(summary: dict[str, Any]) -> tuple[tuple[str, ...], np.ndarray]:
-    from src.experiments.results import nan_to_num
+    from src.analysis.effects import nan_to_num
 
     axes = tuple(summary["axes"])
     mean = np.array(nan_to_num(summary["normalized"]["mean"]), dtype=float)
@@ -211,13 +211,10 @@ def head_effects(summary: dict[str, Any]) -> dict[tuple[int, int], float]:
 
 def dla_grid(dla: dict[str, Any]) -> np.ndarray:
     """The per-head direct logit attribution means as ``[n_layers, n_heads]``."""
-    import torch
+    from src.analysis.dla import heads_grid
+    from src.analysis.effects import nan_to_num
 
-    from src.analysis.attribution import DLAResult
-
-    values = torch.tensor([np.nan if v is None else v for v in dla["terms"]["mean"]])
-    empty = torch.zeros(0)
-    return DLAResult(dla["labels"], values, empty, 0.0, 0.0, empty, empty).by_head().numpy()
+    return heads_grid(dla["labels"], nan_to_num(dla["terms"]["mean"])).numpy()
 
 
 def _strongest(scores: dict[tuple[int, int], float], n: int) -> list[tuple[int, int]]:
@@ -228,7 +225,7 @@ def effect_figures(
     name: str, kind: str, results: dict[str, Any], labels: list[str] | None, options: Options
 ) -> tuple[list[str], dict[tuple[int, int], float]]:
     """The effect heatmaps of a patching or attribution log; the per-head |effect| too."""
-    from src.experiments.results import save_effect_figures
+    from src.visualization.patching import save_dla_figure, save_effect_figures
 
     made: list[str] = []
     scores: dict[tuple[int, int], float] = {}
@@ -243,26 +240,16 @@ def effect_figures(
         for head, value in head_effects(summary).items():
             scores[head] = max(scores.get(head, 0.0), value)
     if "dla" in results:
-        from src.visualization.patching import plot_patching_heatmap
-
         path = options.figures_dir / f"{name}_dla_heads.png"
         title = f"{name}: direct logit attribution per head"
-        grid = dla_grid(results["dla"])
-        plot_patching_heatmap(grid, path, title=title, value_label="logit diff (direct)")
-        made.append(str(path))
+        made.append(str(save_dla_figure(results["dla"], path, title=title)))
     return made, scores
 
 
 def circuit_figures(name: str, circuit: dict[str, Any], options: Options) -> list[str]:
-    from src.visualization.circuit import plot_circuit, save_circuit_html
+    from src.visualization.circuit import save_circuit_figures
 
-    stem = options.figures_dir / f"{name}_circuit"
-    method = circuit.get("metadata", {}).get("method", "")
-    title = f"{name}: {method} circuit" if method else f"{name}: circuit"
-    return [
-        str(plot_circuit(circuit, f"{stem}.png", title=title)),
-        str(save_circuit_html(circuit, f"{stem}.html", title=title)),
-    ]
+    return save_circuit_figures(circuit, options.figures_dir / f"{name}_circuit", name=name)
 
 
 def circuit_heads(circuit: dict[str, Any]) -> dict[tuple[int, int], float]:
@@ -277,14 +264,16 @@ def circuit_heads(circuit: dict[str, Any]) -> dict[tuple[int, int], float]:
 def attention_figures(
     name: str, log: dict[str, Any], heads: list[tuple[int, int]], models: Models, options: Options
 ) -> list[str]:
-    from src.visualization.attention import save_model_attention
+    from src.analysis.attention import head_patterns
+    from src.visualization.attention import save_attention_figures
 
     model = models.get(log["config"])
-    tokens = first_prompt(model, log["config"])
+    view = head_patterns(model, first_prompt(model, log["config"]), heads)
     title = f"{name}: attention of the strongest heads (first prompt)"
-    paths = save_model_attention(
-        model, tokens, heads, options.figures_dir / f"{name}_attention", title=title
-    )
+    paths = save_attention_figures(
+        view.patterns, options.figures_dir / f"{name}_attention", view.labels,
+        head_names=view.head_names, title=title,
+    )  # fmt: skip
     return [str(p) for p in paths]
 
 
@@ -345,7 +334,7 @@ def _has_positions(results: dict[str, Any]) -> bool:
 def _try_labels(log: dict[str, Any], models: Models) -> list[str] | None:
     """Position labels (``i:token``) from the model and dataset, if the model has a
     tokenizer and can be loaded (older logs do not store them)."""
-    from src.experiments.results import token_labels
+    from src.analysis.tokens import token_labels
 
     try:
         model = models.get(log["config"])
@@ -361,6 +350,9 @@ def sae_figures(
     path: Path, log: dict[str, Any], models: Models, options: Options, report: Report
 ) -> None:
     """Feature density, top-activating contexts and decoder projections of an SAE run."""
+    from src.analysis import features as A
+    from src.analysis.norms import final_norm_linear
+    from src.analysis.tokens import token_decoder
     from src.visualization import features as F
 
     name, results, where = log["name"], log["results"], _show(path)
@@ -384,10 +376,10 @@ def sae_figures(
         model = models.get(log["config"])
     except Unavailable as error:
         report.not_made.append(f"{where}: decoder logits: {_one_line(error)}")
-    decode = F.token_decoder(model) if model is not None else None
+    decode = token_decoder(model) if model is not None else None
     joiner = "" if getattr(model, "tokenizer", None) is not None else " "
 
-    stats: F.FeatureStats | None = None
+    stats: A.FeatureStats | None = None
     cache_dir = resolve(results["cache_dir"], path)
     if not cache_dir.exists():
         why = f"activation cache {_show(cache_dir)} not found (scripts/cache_activations.py)"
@@ -399,7 +391,7 @@ def sae_figures(
             from src.data.activation_cache import open_cache
 
             store = open_cache(cache_dir, expect={"hook_names": [hook_name]})
-            stats = F.store_feature_stats(
+            stats = A.store_feature_stats(
                 sae, store, hook_name, k=options.top_k, max_tokens=options.max_tokens,
                 progress=options.progress,
             )  # fmt: skip
@@ -409,7 +401,7 @@ def sae_figures(
 
         _attempt(report, where, "feature density", density)
     if stats is not None:
-        features = F.choose_features(stats.density, options.n_features)
+        features = A.choose_features(stats.density, options.n_features)
     else:
         features = list(range(min(options.n_features, int(sae.cfg.d_sae))))
 
@@ -418,8 +410,8 @@ def sae_figures(
 
         def decoder() -> list[str]:
             nonlocal promoted
-            logits = F.decoder_logits(sae.W_dec, model.W_U, features, F.final_norm_linear(model))
-            promoted = F.decoder_top_tokens(logits, features, k=10, decode=decode)
+            logits = A.decoder_logits(sae.W_dec, model.W_U, features, final_norm_linear(model))
+            promoted = A.decoder_top_tokens(logits, features, k=10, decode=decode)
             title = f"{name}: tokens promoted by decoder directions (W_dec @ W_U)"
             md = figures / f"{name}_decoder_logits.md"
             return [str(F.save_decoder_markdown(promoted, md, title=title))]
@@ -430,7 +422,7 @@ def sae_figures(
         found_stats = stats
 
         def contexts() -> list[str]:
-            found = F.top_contexts(found_stats, features, decode=decode)
+            found = A.top_contexts(found_stats, features, decode=decode)
             title = f"{name}: top-activating contexts ({hook_name})"
             md = figures / f"{name}_top_contexts.md"
             return [

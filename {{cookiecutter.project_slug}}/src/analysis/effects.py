@@ -1,5 +1,5 @@
-"""Shared by the experiment runners: per-prompt metrics over a dataset, effects with
-bootstrap confidence intervals, labels of result entries, and JSON-safe values."""
+"""Effects of interventions over prompts: normalized means with bootstrap confidence
+intervals, the strongest entries with their labels, and JSON-safe values (NaN as None)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from src.analysis.metrics import bind_metric, normalize
 from src.analysis.statistics import bootstrap_ci
-from src.data.dataset import ContrastDataset
-
-
-def batches(dataset: ContrastDataset, batch_size: int) -> list[ContrastDataset]:
-    """The dataset in consecutive slices of at most ``batch_size`` prompts."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    return [dataset[i : i + batch_size] for i in range(0, len(dataset), batch_size)]
+from src.data.dataset import ContrastDataset, batches
 
 
 def per_prompt_metric(batch: ContrastDataset, metric: str) -> Callable[[Tensor], Tensor]:
@@ -118,81 +110,10 @@ def _item(nested: Any, index: list[int]) -> Any:
     return nested
 
 
-def save_effect_figures(
-    summary: dict[str, Any], stem: str, *, title: str, xticklabels: list[str] | None = None
-) -> list[str]:
-    """The normalized effects of ``effect_summary`` as a PNG heatmap and an HTML table
-    (``{stem}.png``, ``{stem}.html``); returns the two paths."""
-    from src.visualization.patching import plot_patching_heatmap, save_heatmap_html
-
-    axes = tuple(summary["axes"])
-    arrays = [
-        torch.tensor(nan_to_num(summary["normalized"][key]), dtype=torch.float)
-        for key in ("mean", "low", "high")
-    ]
-    if axes == ("layer",):  # one column: the whole layer
-        arrays = [a[:, None] for a in arrays]
-        x_label, ticks = "all positions", ["all"]
-    elif axes == ("layer", "head", "pos"):  # pattern by destination: plot as (layer, pos, head)
-        arrays = [a.transpose(1, 2) for a in arrays]
-        x_label, ticks = "position", xticklabels
-    else:
-        x_label, ticks = ("head", None) if axes == ("layer", "head") else ("position", xticklabels)
-    mean, low, high = (a.numpy() for a in arrays)
-    kwargs = {
-        "title": title,
-        "x_label": x_label,
-        "xticklabels": ticks,
-        "ci_low": low,
-        "ci_high": high,
-    }
-    png = plot_patching_heatmap(mean, f"{stem}.png", **kwargs)
-    html = save_heatmap_html(mean, f"{stem}.html", **kwargs)
-    return [str(png), str(html)]
-
-
-def token_labels(model: Any, tokens: Tensor) -> list[str] | None:
-    """The first prompt's tokens as strings (for position axes), if the model has a tokenizer."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return None
-    return [f"{i}:{tokenizer.decode([t])}" for i, t in enumerate(tokens[0].tolist())]
-
-
-def sweep_indices(section: Any, per_head: bool) -> dict[str, list[int] | None]:
-    """The ``layers`` / ``heads`` / ``positions`` subsets of a patching-style config section
-    ("all" -> None; heads only for a ``per_head`` component, positions only per position), as
-    keyword arguments of ``activation_patch`` / ``attribution_patch``."""
-
-    def chosen(value: Any, used: bool = True) -> list[int] | None:
-        return None if value == "all" or not used else list(value)
-
-    return {
-        "layers": chosen(section.layers),
-        "heads": chosen(section.heads, per_head),
-        "positions": chosen(section.positions, section.per_position),
-    }
-
-
-def results_header(clean: Tensor, corrupted: Tensor, metric: str) -> dict[str, Any]:
-    """The start of a sweep's results: sizes and both baselines with CIs."""
-    return {
-        "n_samples": len(clean),
-        "metric": metric,
-        "clean_metric": clean.mean().item(),
-        "corrupted_metric": corrupted.mean().item(),
-        "baselines": {"clean": ci_dict(clean), "corrupted": ci_dict(corrupted)},
-        "components": {},
-        "figures": [],
-    }
-
-
-def over_batches(
-    fn: Callable[[ContrastDataset], Tensor],
-    steps: list[ContrastDataset],
-    desc: str,
-    progress: bool,
-) -> Tensor:
-    """``fn`` on each batch, per-prompt results joined along the last (prompt) axis."""
-    parts = [fn(b).cpu() for b in tqdm(steps, desc=desc, disable=not progress)]
-    return torch.cat(parts, dim=-1)
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two results over the entries both computed (not NaN)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    both = ~(a.isnan() | b.isnan())
+    a, b = a[both] - a[both].mean(), b[both] - b[both].mean()
+    denominator = (a.norm() * b.norm()).item()
+    return float((a @ b).item() / denominator) if denominator > 0 else float("nan")

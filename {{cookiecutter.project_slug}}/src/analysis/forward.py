@@ -1,0 +1,168 @@
+"""Forward-pass plumbing of fast activation patching (``src.analysis.patching``).
+
+Hook points resolved once per model, temporary hooks cheaper than ``model.hooks``, capture
+forwards that stop after the last activation wanted, running the blocks from a layer on
+(and checking that this reproduces the model), whether a metric reads the final position
+only, and how many patched prompts fit a memory budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Metric = Callable[[Tensor], Tensor]
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+_HOOK_POINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def hook_points(model: Any) -> dict[str, Any]:
+    """``model.hook_dict``, resolved once per model: a bridge resolves its aliases again at
+    every access (about 1 ms, as long as a whole toy forward)."""
+    if model not in _HOOK_POINTS:
+        _HOOK_POINTS[model] = model.hook_dict
+    return _HOOK_POINTS[model]
+
+
+_LEVELS = itertools.count(start=-(10**9), step=-1)
+
+
+@contextmanager
+def hooked(hooks: list[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+    """Forward hooks ``(hook point, fn)`` for the duration of the block; only these are
+    removed at the end (a level of their own). Cheaper than ``model.hooks``, which resolves
+    every hook name at each entry."""
+    level = next(_LEVELS)
+    try:
+        for point, fn in hooks:
+            point.add_hook(fn, level=level)
+        yield
+    finally:
+        for point, _ in hooks:
+            point.remove_hooks("fwd", level=level)
+
+
+class _CaptureDone(Exception):
+    """Raised by the last capture hook: the rest of the forward is not needed."""
+
+
+def _save_hook(
+    act: Tensor, hook: Any, *, store: dict[str, Tensor], name: str, stop_after: int | None
+) -> None:
+    store[name] = act.detach()
+    if stop_after is not None and len(store) == stop_after:
+        raise _CaptureDone
+
+
+def capture(
+    model: Any, points: dict[str, Any], tokens: Tensor, names: list[str], logits: bool
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """The activations ``names`` of a forward on ``tokens`` (nothing else is kept), and its
+    logits if ``logits``; otherwise the forward stops once all are captured."""
+    store: dict[str, Tensor] = {}
+    stop_after = None if logits else len(names)
+    hooks = [
+        (points[name], partial(_save_hook, store=store, name=name, stop_after=stop_after))
+        for name in names
+    ]
+    with hooked(hooks):
+        try:
+            return model(tokens), store
+        except _CaptureDone:
+            return None, store
+
+
+def is_native(model: Any) -> bool:
+    """A bridge around TransformerLens' own native model (``boot_native``, the toy models)."""
+    return getattr(model.cfg, "architecture", None) == "TransformerLensNative"
+
+
+def block_out(output: Any) -> Tensor:
+    """A block's residual output (bridged blocks return a 1-tuple, as Hugging Face blocks)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def run_tail(model: Any, resid: Tensor, start: int, final_only: bool = False) -> Tensor:
+    """Logits from ``resid`` entering block ``start``: blocks, final norm and unembedding
+    (at the last position only if ``final_only``)."""
+    for block in model.blocks[start:]:
+        resid = block_out(block(resid))
+    if final_only:
+        resid = resid[:, -1:]
+    return model.unembed(model.ln_final(resid))
+
+
+def can_start_at_layer(
+    model: Any, resid_pre: Tensor | None = None, start: int = 0, logits: Tensor | None = None
+) -> bool:
+    """Whether a forward can start at a layer: running ``blocks[start:]``, ``ln_final`` and
+    ``unembed`` by hand from the ``resid_pre`` of layer ``start`` gives the model's logits.
+
+    Native bridges (plain residual blocks) can. Other bridges may need more block arguments
+    (attention masks, rotary positions): this runs that tail once on ``resid_pre`` and
+    compares it with the final-position ``logits`` of the full forward (False without them).
+    """
+    if is_native(model):
+        return True
+    if resid_pre is None or logits is None:
+        return False
+    try:
+        tail = run_tail(model, resid_pre, start, final_only=True)
+    except Exception:  # any failure means "cannot run blocks by hand": use full forwards
+        return False
+    final = logits[:, -1:]
+    tol = 1e-4 if final.element_size() >= 4 else 1e-2
+    return tail.shape == final.shape and torch.allclose(tail, final, rtol=tol, atol=tol)
+
+
+def _d_vocab_out(model: Any) -> int:
+    cfg = model.cfg
+    return cfg.d_vocab_out if cfg.d_vocab_out and cfg.d_vocab_out > 0 else cfg.d_vocab
+
+
+def reads_final_position_only(metric: Metric, model: Any, n_prompts: int, n_pos: int) -> bool:
+    """Whether ``metric`` gives the same values on random logits [batch, pos, d_vocab] as on
+    those logits with every position replaced by the final one, i.e. it reads only the
+    final position (as ``logit_diff`` & co do)."""
+    device = model_device(model)
+    generator = torch.Generator(device=device).manual_seed(0)
+    base = torch.randn(1, n_pos, _d_vocab_out(model), generator=generator, device=device)
+    base = base.to(model.cfg.dtype)
+    full, final = base.expand(n_prompts, -1, -1), base[:, -1:].expand(n_prompts, n_pos, -1)
+    try:
+        a, b = torch.as_tensor(metric(full)), torch.as_tensor(metric(final))
+    except Exception:  # the metric cannot take broadcast logits: give it full logits
+        return False
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def bytes_per_row(model: Any, n_pos: int, full_logits: bool) -> int:
+    """Rough peak memory of one prompt row in a no-grad forward: the transient tensors of a
+    block (residual copies, q/k/v/z, scores and pattern, MLP hidden) and the logits."""
+    cfg = model.cfg
+    d_mlp = 0 if cfg.attn_only else (cfg.d_mlp or 4 * cfg.d_model)
+    d_vocab = _d_vocab_out(model)
+    block = 10 * n_pos * cfg.d_model + 3 * cfg.n_heads * n_pos**2 + 2 * n_pos * d_mlp
+    logits = 2 * (n_pos if full_logits else 1) * d_vocab
+    return (block + logits) * torch.finfo(cfg.dtype).bits // 8
+
+
+def patches_per_forward(
+    model: Any, n_prompts: int, n_pos: int, memory_budget_mb: float, full_logits: bool = True
+) -> int:
+    """How many patches (slices of ``n_prompts`` prompts) one forward holds within
+    ``memory_budget_mb`` (at least 1)."""
+    row = bytes_per_row(model, n_pos, full_logits)
+    return max(1, int(memory_budget_mb * 2**20 // (n_prompts * row)))
