@@ -16,7 +16,8 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from src.analysis.norms import final_norm_linear
 from src.data.activation_cache import cache_activations
 from src.data.loading import load_dataset
-from src.utils.config import config_to_dict, load_config
+from src.experiments.registry import get_kind, load_config
+from src.utils.config import config_to_dict
 from src.utils.tracking import log_experiment
 from src.visualization import generate_all as G
 
@@ -27,10 +28,6 @@ N_PROMPTS = 8
 
 def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) -> Path:
     """Run a project config (on N_PROMPTS prompts) with its runner; return the log's path."""
-    import importlib
-
-    from scripts.run_experiment import EXPERIMENTS
-
     cfg = load_config(PROJECT_ROOT / "configs" / config_file)
     out = cfg.output.model_copy(
         update={"results_dir": str(results_dir), "figures_dir": str(figures_dir), "figures": True}
@@ -52,8 +49,7 @@ def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) ->
         model=model,
         corruption=data.corruption,
     )
-    module, function = EXPERIMENTS[cfg.kind].split(":")
-    results = getattr(importlib.import_module(module), function)(model, dataset, cfg)
+    results = get_kind(cfg.kind).run(model, dataset, cfg)
     return log_experiment(
         cfg.experiment.name, config_to_dict(cfg), results, results_dir=results_dir
     )
