@@ -18,12 +18,8 @@ import signal
 import sys
 from pathlib import Path
 
-# `src` is a package in the project root, `update_docs` a sibling script: make both
-# importable however the script is run.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
+from common import refresh_docs  # noqa: E402  (puts the project root on sys.path too)
 
 DEFAULT_N_TOKENS = 32_768
 DEFAULT_CONTEXT = 128  # at most; the model's n_ctx when smaller
@@ -240,20 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         where = f" in {out_dir}" if out_dir else ""
         print(f"interrupted: complete shards are kept{where}; rerun to resume", file=sys.stderr)
-        refresh_docs(out_dir)
+        refresh_docs(out_dir, sys.stderr)
         return 130
-    refresh_docs(out_dir)
+    refresh_docs(out_dir, sys.stderr)
     print(out_dir)
     return 0
-
-
-def refresh_docs(out_dir: Path | None) -> None:
-    """Rewrite the generated sections of CLAUDE.md / AGENTS.md (the cached activations)."""
-    import update_docs
-
-    if out_dir is not None and out_dir.exists():
-        for path in update_docs.refresh_after(out_dir, PROJECT_ROOT):
-            print(f"updated {path.relative_to(PROJECT_ROOT)}", file=sys.stderr)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -15,12 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-# `src` is a package in the project root, `update_docs` a sibling script: make both
-# importable however the script is run.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
+from common import finish_run  # noqa: E402  (puts the project root on sys.path too)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     from src.data.loading import load_dataset
     from src.models.load import ModelNotAvailableError, load_model
     from src.utils.seed import set_seed
-    from src.utils.tracking import log_experiment
 
     kind = get_kind(cfg.kind)
 
@@ -102,28 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {"kind": kind.name, "headline": kind.headline, **results}
     wall_time_s = time.perf_counter() - start
 
-    log_path = log_experiment(
+    finish_run(
         cfg.experiment.name,
         config_to_dict(cfg),
         results,
-        args.notes,
+        notes=args.notes,
         results_dir=cfg.output.results_dir,
         wall_time_s=wall_time_s,
+        title=f"{cfg.experiment.name} ({cfg.kind})",
 {%- if cookiecutter.experiment_tracking == "wandb" %}
         use_wandb=args.wandb,
 {%- endif %}
     )
-    print(f"{cfg.experiment.name} ({cfg.kind}, {wall_time_s:.1f} s)")
-    for key, value in results.items():
-        if isinstance(value, int | float):
-            print(f"  {key:<28} {value:.4g}")
-    for path in results.get("figures", []):
-        print(f"figure: {path}")
-    print(f"log: {log_path}")
-    import update_docs
-
-    for path in update_docs.refresh_after(log_path, PROJECT_ROOT):
-        print(f"updated {path.relative_to(PROJECT_ROOT)}")
     return 0
 
 

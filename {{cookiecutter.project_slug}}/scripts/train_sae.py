@@ -21,12 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-# `src` is a package in the project root, `update_docs` a sibling script: make both
-# importable however the script is run.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
+from common import PROJECT_ROOT, finish_run  # noqa: E402  (puts the project root on sys.path too)
 
 DEFAULT_CONFIG = Path("configs/sae_training.yaml")
 DEFAULT_TOY_CONFIG = Path("configs/toy_sae_training.yaml")
@@ -133,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     from src.experiments.sae_training import run_sae_training
     from src.models.load import ModelNotAvailableError, load_model
     from src.utils.seed import set_seed
-    from src.utils.tracking import log_experiment
 
     set_seed(cfg.data.seed)
     print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
@@ -154,26 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     wall_time_s = time.perf_counter() - start
 
     name = f"sae_{cfg.model.name}_{cfg.hook.name}_{cfg.sae.architecture}".replace("/", "-")
-    log_path = log_experiment(
+    finish_run(
         name,
         config_to_dict(cfg),
         results,
-        args.notes,
+        notes=args.notes,
         results_dir=cfg.output.results_dir,
         wall_time_s=wall_time_s,
+        title=name,
+        keys=HEADLINE,
+        extra=[f"sae: {results['sae_path']}"],
 {%- if cookiecutter.experiment_tracking == "wandb" %}
         use_wandb=args.wandb,
 {%- endif %}
     )
-    print(f"{name} ({wall_time_s:.1f} s)")
-    for key in HEADLINE:
-        print(f"  {key:<20} {results[key]:.4g}")
-    print(f"sae: {results['sae_path']}")
-    print(f"log: {log_path}")
-    import update_docs
-
-    for path in update_docs.refresh_after(log_path, PROJECT_ROOT):
-        print(f"updated {path.relative_to(PROJECT_ROOT)}")
     return 0
 
 

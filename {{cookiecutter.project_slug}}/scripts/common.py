@@ -1,0 +1,60 @@
+"""Shared by the scripts: ``src`` importable however a script is run, and the end of a run.
+
+A script imports it first (``from common import PROJECT_ROOT, finish_run``; the script's own
+folder is on ``sys.path`` when it runs). The end of a run is the same for every script that
+logs one: the JSON log (and W&B when chosen), a printed summary, then the generated sections
+of CLAUDE.md / AGENTS.md refreshed when the output lies inside this project.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def refresh_docs(written: Path | None, out: TextIO = sys.stdout) -> None:
+    """Refresh the docs' generated sections after a run wrote ``written`` (a log or a cache
+    folder); nothing when it lies outside the project (a run into a temporary folder)."""
+    import update_docs
+
+    if written is not None and Path(written).exists():
+        for path in update_docs.refresh_after(written, PROJECT_ROOT):
+            print(f"updated {path.relative_to(PROJECT_ROOT)}", file=out)
+
+
+def finish_run(
+    name: str,
+    config: Mapping[str, Any],
+    results: Mapping[str, Any],
+    *,
+    results_dir: str | Path,
+    wall_time_s: float,
+    title: str,
+    keys: Iterable[str] | None = None,
+    extra: Iterable[str] = (),
+    **log_options: Any,
+) -> Path:
+    """Log the run, print its title, its numbers (``keys``, or every number of ``results``),
+    its figures, ``extra`` lines and the log's path, then refresh the docs. Returns the log."""
+    from src.utils.tracking import log_experiment
+
+    log_path = log_experiment(
+        name, config, results, results_dir=results_dir, wall_time_s=wall_time_s, **log_options
+    )
+    print(f"{title} ({wall_time_s:.1f} s)")
+    numbers = {k: v for k, v in results.items() if isinstance(v, int | float)}
+    for key in numbers if keys is None else keys:
+        print(f"  {key:<28} {numbers[key]:.4g}")
+    for path in results.get("figures", []):
+        print(f"figure: {path}")
+    for line in extra:
+        print(line)
+    print(f"log: {log_path}")
+    refresh_docs(log_path)
+    return log_path
