@@ -78,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_settings(args: argparse.Namespace) -> dict:
     """Settings from --config (if any) with the flags on top; raises ValueError if incomplete."""
-    from src.utils.config import SAETrainingConfig, load_config
+    from src.experiments.registry import load_config
+    from src.utils.config import SAETrainingConfig
 
     settings = {
         "model": None,

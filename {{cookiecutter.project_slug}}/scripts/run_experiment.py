@@ -2,10 +2,10 @@
 
     python scripts/run_experiment.py --config configs/toy_induction.yaml [--device cpu]
 
-What runs depends on the config's analysis section (see ``EXPERIMENTS``): ``patching``,
-``attribution`` or ``circuit_discovery``; a config with none runs the baseline. Results go
-to a JSON log in ``output.results_dir``, figures to ``output.figures_dir`` when
-``output.figures`` is true.
+What runs is the experiment kind whose section the config has (``patching``,
+``attribution``, ``circuit_discovery``, ...: the kinds of ``src.experiments.registry``); a
+config with none runs the baseline. Results go to a JSON log in ``output.results_dir``,
+figures to ``output.figures_dir`` when ``output.figures`` is true.
 """
 
 from __future__ import annotations
@@ -21,15 +21,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 for folder in (PROJECT_ROOT, PROJECT_ROOT / "scripts"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
-
-# config kind (ExperimentConfig.kind) -> "module:function" taking (model, dataset, config).
-# Imported lazily, so that --help stays fast.
-EXPERIMENTS = {
-    "baseline": "src.experiments.baseline:run_baseline",
-    "patching": "src.experiments.patching:run_patching_experiment",
-    "attribution": "src.experiments.attribution:run_attribution_experiment",
-    "circuit_discovery": "src.experiments.circuit_discovery:run_circuit_discovery",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,15 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import importlib
-
-    from src.utils.config import (
-        ConfigError,
-        ExperimentConfig,
-        check_model_fit,
-        config_to_dict,
-        load_config,
-    )
+    from src.experiments.registry import get_kind, load_config
+    from src.utils.config import ConfigError, ExperimentConfig, check_model_fit, config_to_dict
 
     try:
         cfg = load_config(args.config)
@@ -73,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {args.config}: an SAE training config; use scripts/train_sae.py",
             file=sys.stderr,
         )
-        return 2
-    if cfg.kind not in EXPERIMENTS:
-        print(f"error: {args.config}: no runner for {cfg.kind!r} experiments yet", file=sys.stderr)
         return 2
     if args.device:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": args.device})})
@@ -90,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from src.utils.seed import set_seed
     from src.utils.tracking import log_experiment
 
-    module_name, function_name = EXPERIMENTS[cfg.kind].split(":")
-    run = getattr(importlib.import_module(module_name), function_name)
+    kind = get_kind(cfg.kind)
 
     set_seed(cfg.data.seed)
     print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
@@ -118,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.config}: {e}", file=sys.stderr)
         return 2
     print(f"running {cfg.kind} on {len(dataset)} x {dataset.seq_length} tokens", file=sys.stderr)
-    results = run(model, dataset, cfg, batch_size=args.batch_size, progress=True)
+    results = kind.run(model, dataset, cfg, batch_size=args.batch_size, progress=True)
+    results = {"kind": kind.name, "headline": kind.headline, **results}
     wall_time_s = time.perf_counter() - start
 
     log_path = log_experiment(

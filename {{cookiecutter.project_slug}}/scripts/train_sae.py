@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "scripts/train_sae.py", *argv])
-    from src.utils.config import ConfigError, SAETrainingConfig, config_to_dict, load_config
+    from src.experiments.registry import load_config
+    from src.utils.config import ConfigError, SAETrainingConfig, config_to_dict
 
     path = config_path(args)
     try:

@@ -195,6 +195,8 @@ def _latest_log(logs: list[dict], cfg: dict, name: str) -> dict | None:
 
 
 # The result shown first in Current Experiments, when a log has it.
+# A log names its headline (the experiment kind's, from src.experiments.registry); these are
+# the registry's headlines for logs written before logs named theirs (a test ties the two).
 HEADLINE_KEYS = (
     "recovered",  # circuit discovery: fraction of the clean metric the circuit keeps
     "explained_variance",  # SAE training
@@ -205,14 +207,15 @@ HEADLINE_KEYS = (
 
 
 def _headline(results: dict) -> str:
-    """The first of HEADLINE_KEYS the results have (else the first number), as `key=value`;
-    an SAE run also shows its L0."""
+    """The headline the results name (else the first of HEADLINE_KEYS they have, else the
+    first number), as `key=value`; an SAE run also shows its L0."""
     numbers = {
         key: value
         for key, value in results.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    key = next((k for k in HEADLINE_KEYS if k in numbers), next(iter(numbers), None))
+    named = [results["headline"]] if isinstance(results.get("headline"), str) else []
+    key = next((k for k in (*named, *HEADLINE_KEYS) if k in numbers), next(iter(numbers), None))
     if key is None:
         return ""
     extra = [f"l0={numbers['l0']:.3g}"] if key == "explained_variance" and "l0" in numbers else []

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from src.experiments.registry import experiment_config, load_config
 from src.utils.config import (
     Component,
     ConfigError,
@@ -21,7 +22,6 @@ from src.utils.config import (
     SAETrainingConfig,
     check_model_fit,
     config_to_dict,
-    load_config,
 )
 
 # project.yaml describes the project (main model, compute), not an experiment.
@@ -124,7 +124,7 @@ def test_no_analysis_section_is_a_baseline(tmp_path: Path) -> None:
         (edited("patching", "positions", [-32]), "patching.positions[0]: -32 is out of range"),
         (
             {**VALID, "attribution": {}},
-            "attribution: one analysis section per config, got ['patching', 'attribution']",
+            "patching: one analysis section per config, got ['attribution', 'patching']",
         ),
         (
             {**VALID, "patching": None, "circuit_discovery": {"top_n": 5, "threshold": 0.1}},
@@ -268,6 +268,6 @@ def test_floats_accept_ints_and_exponents_but_not_bools(tmp_path: Path) -> None:
 
 
 def test_schemas_export_json_schema() -> None:
-    schema = ExperimentConfig.model_json_schema()
+    schema = experiment_config().model_json_schema()
     assert schema["required"] == ["experiment", "model", "data", "output"]
     assert SAETrainingConfig.model_json_schema()["additionalProperties"] is False

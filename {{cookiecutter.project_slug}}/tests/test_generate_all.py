@@ -19,7 +19,8 @@ from src.analysis.features import feature_report
 from src.analysis.norms import final_norm_linear
 from src.data.activation_cache import cache_activations, open_cache
 from src.data.loading import load_dataset
-from src.utils.config import config_to_dict, load_config
+from src.experiments.registry import get_kind, load_config
+from src.utils.config import config_to_dict
 from src.utils.tracking import log_experiment
 from src.visualization import generate_all as G
 from src.visualization.figures import draw_figures
@@ -32,10 +33,6 @@ N_PROMPTS = 8
 def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) -> Path:
     """Run a project config (on N_PROMPTS prompts) with its runner and draw its figures, as
     scripts/run_experiment.py does; return the log's path."""
-    import importlib
-
-    from scripts.run_experiment import EXPERIMENTS
-
     cfg = load_config(PROJECT_ROOT / "configs" / config_file)
     out = cfg.output.model_copy(
         update={"results_dir": str(results_dir), "figures_dir": str(figures_dir), "figures": True}
@@ -57,9 +54,8 @@ def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) ->
         model=model,
         corruption=data.corruption,
     )
-    module, function = EXPERIMENTS[cfg.kind].split(":")
-    results = getattr(importlib.import_module(module), function)(model, dataset, cfg)
-    kind = G.get_kind(cfg.kind)
+    kind = get_kind(cfg.kind)
+    results = kind.run(model, dataset, cfg)
     name = cfg.experiment.name
     results["figures"] = draw_figures(kind.figures, name, results, figures_dir, label=kind.label)
     return log_experiment(

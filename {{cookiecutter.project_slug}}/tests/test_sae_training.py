@@ -13,6 +13,7 @@ import torch
 from sae_lens import SAE, JumpReLUSAE, StandardSAE, StandardSAEConfig
 
 from src.data.activation_cache import CacheError, cache_activations, open_cache
+from src.experiments.registry import load_config
 from src.experiments.sae_training import (
     ARCHITECTURES,
     build_sae,
@@ -33,7 +34,6 @@ from src.utils.config import (
     SAEOutputConfig,
     SAETrainingConfig,
     TrainingConfig,
-    load_config,
 )
 from src.visualization.figures import draw_figures
 

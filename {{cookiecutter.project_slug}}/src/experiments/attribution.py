@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import StrictBool
+
 from src.analysis.attention import component_head_scores, strongest_attention
 from src.analysis.attribution import attribution_patch
 from src.analysis.dla import DLAResult, direct_logit_attribution
@@ -13,7 +15,18 @@ from src.analysis.effects import ci_dict, effect_summary, pearson
 from src.analysis.patching import activation_patch
 from src.data.dataset import ContrastDataset
 from src.experiments.common import Sweep
+from src.experiments.registry import ExperimentKind
 from src.models.hooks import result_axes
+from src.utils.config import SweepConfig
+
+
+class AttributionConfig(SweepConfig):
+    """The ``attribution`` section: attribution patching (gradient estimate of activation
+    patching) and direct logit attribution; ``compare: true`` also runs activation patching
+    and reports agreement."""
+
+    compare: StrictBool = True
+    dla: StrictBool = True
 
 
 def run_attribution_experiment(
@@ -62,3 +75,13 @@ def _dla(model: Any, steps: list[ContrastDataset]) -> dict[str, Any]:
         "remainder_mean": dla.remainder,
         "logit_diff_mean": dla.logit_diff,
     }
+
+
+KIND = ExperimentKind(
+    name="attribution",
+    label="attribution patching",
+    section=AttributionConfig,
+    run=run_attribution_experiment,
+    figures=("effects", "dla", "attention"),
+    headline="head_out_pearson_r",
+)

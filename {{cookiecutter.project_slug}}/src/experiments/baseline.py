@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from src.analysis.metrics import logit_diff, top1_accuracy
 from src.data.dataset import ContrastDataset, TokenDataset, batches
+from src.experiments.registry import ExperimentKind
 
 
 def run_baseline(
@@ -75,3 +76,11 @@ def _language_model(model: Any, batches: Any, device: Any, n_samples: int) -> di
         "loss": total_loss / n_tokens,
         "accuracy": total_correct / n_tokens,
     }
+
+
+KIND = ExperimentKind(
+    name="baseline",
+    label="baseline",
+    run=run_baseline,
+    headline="clean_logit_diff",
+)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
 
 from src.analysis.attention import circuit_head_scores, strongest_attention
 from src.analysis.circuit_graph import model_graph
@@ -22,7 +24,27 @@ from src.analysis.circuits import (
 )
 from src.analysis.eap import edge_scores
 from src.data.dataset import ContrastDataset
+from src.experiments.registry import ExperimentKind
+from src.utils.config import MetricName, NonNegativeInt, PositiveInt, Section
 from src.utils.files import write_text_atomic
+from src.utils.validation import Float, check
+
+
+class CircuitDiscoveryConfig(Section):
+    """The ``circuit_discovery`` section: edge attribution patching (EAP; EAP-IG when
+    ig_steps > 0), then a faithfulness check that ablates every edge outside the circuit."""
+
+    metric: MetricName = "logit_diff"
+    ig_steps: NonNegativeInt = 5  # integrated-gradient steps; 0 = plain EAP
+    top_n: PositiveInt | None = 20  # keep the top_n edges by |score| ...
+    threshold: Annotated[Float, Field(ge=0)] | None = None  # ... or every |score| >= it
+    ablation: Literal["corrupted", "mean"] = "corrupted"  # what an ablated edge carries
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> CircuitDiscoveryConfig:
+        chosen = (self.top_n is not None) + (self.threshold is not None)
+        check(chosen == 1, "top_n", "set exactly one of top_n and threshold (the other null)")
+        return self
 
 
 def discover_circuit(
@@ -99,3 +121,13 @@ def run_circuit_discovery(
             model, dataset.clean_tokens[0], circuit_head_scores(circuit)
         ),
     }
+
+
+KIND = ExperimentKind(
+    name="circuit_discovery",
+    label="circuit discovery",
+    section=CircuitDiscoveryConfig,
+    run=run_circuit_discovery,
+    figures=("circuit", "attention"),
+    headline="recovered",
+)

@@ -13,9 +13,15 @@ from src.analysis.effects import effect_summary
 from src.analysis.patching import activation_patch
 from src.data.dataset import ContrastDataset
 from src.experiments.common import Sweep
+from src.experiments.registry import ExperimentKind
 from src.models.hooks import COMPONENTS, result_axes
+from src.utils.config import SweepConfig
 
 __all__ = ["COMPONENTS", "run_patching_experiment"]  # COMPONENTS: what the section may name
+
+
+class PatchingConfig(SweepConfig):
+    """The ``patching`` section: which activations to patch (clean into corrupted) and where."""
 
 
 def run_patching_experiment(
@@ -43,3 +49,13 @@ def run_patching_experiment(
     scores = component_head_scores(results["components"])
     results["attention"] = strongest_attention(model, dataset.clean_tokens[0], scores)
     return results
+
+
+KIND = ExperimentKind(
+    name="patching",
+    label="activation patching",
+    section=PatchingConfig,
+    run=run_patching_experiment,
+    figures=("effects", "attention"),
+    headline="head_out_top_effect",
+)

@@ -1,21 +1,17 @@
-"""The config schema: typed, validated, frozen pydantic models loaded from YAML.
+"""The shared config schema: typed, validated, frozen pydantic models.
 
-``load_config(path)`` reads a YAML file and validates it (``src.utils.validation``). An
-unknown key, a missing key, a wrong type or a bad value raises ``ConfigError`` with one line
-naming the file and the dotted key, e.g.::
+Sections every experiment config has (``experiment``, ``model``, ``data``, ``output``), the
+sweep section that patching and attribution share, and the SAE training schema. Each
+experiment kind's own section lives in its module (``src/experiments/<kind>.py``), and
+``src.experiments.registry.load_config`` assembles and loads them; ``src.utils.validation``
+turns a bad value into one line naming the file and the dotted key, e.g.::
 
     configs/x.yaml: data.n_samples: expected int, got 'ten'
 
-Which schema: a file with a top-level ``sae`` section is a ``SAETrainingConfig``; any
-other file is an ``ExperimentConfig``. An experiment config holds at most one analysis
-section (see ``ANALYSIS_SECTIONS``); ``ExperimentConfig.kind`` names it, or is
-``"baseline"`` when there is none, and ``scripts/run_experiment.py`` dispatches on it.
-
-To add a key, add a field to a model below: its type hint and ``Field`` constraints are its
+To add a key, add a field to a model: its type hint and ``Field`` constraints are its
 validation (strict types: no silent ``"5"`` -> 5 or ``true`` -> 1); checks across keys go in
-a ``model_validator`` via ``check``. To add an analysis section, add a model, an optional
-field on ``ExperimentConfig`` and its name to ``ANALYSIS_SECTIONS``. Copy a config with
-``cfg.model_copy(update=...)`` (which skips validation: use ``validate`` for user input).
+a ``model_validator`` via ``check``. Copy a config with ``cfg.model_copy(update=...)``
+(which skips validation: use ``validate`` for user input).
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from src.models.hooks import COMPONENTS, RESIDUAL_POINTS, hook_name
-from src.utils.validation import ConfigError, FieldError, Float, check, read_yaml, validate
+from src.utils.validation import ConfigError, FieldError, Float, check
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
@@ -38,14 +34,10 @@ Indices = tuple[StrictInt, ...] | Literal["all"]
 MetricName = Literal["logit_diff", "answer_prob", "answer_logprob", "answer_loss"]
 HookPoint = Literal[RESIDUAL_POINTS]  # hook points an SAE reads
 Component = Literal[tuple(COMPONENTS)]  # what patching and attribution sweep
-Ablation = Literal["corrupted", "mean"]
 SAEArchitecture = Literal["standard", "topk", "batchtopk", "jumprelu"]
 
-# Optional sections of ExperimentConfig that choose what the experiment runs.
-ANALYSIS_SECTIONS: tuple[str, ...] = ("patching", "attribution", "circuit_discovery")
 
-
-class _Section(BaseModel):
+class Section(BaseModel):
     """A config section: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,7 +53,7 @@ def _check_indices(value: Indices, key: str, *, allow_negative: bool = False) ->
 # --- experiment schema ------------------------------------------------------------------
 
 
-class ExperimentMeta(_Section):
+class ExperimentMeta(Section):
     name: StrictStr
     description: StrictStr = ""
 
@@ -72,13 +64,13 @@ class ExperimentMeta(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: StrictStr
     device: StrictStr = "auto"
     dtype: Dtype = "float32"
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     dataset: StrictStr
     n_samples: PositiveInt
     seq_length: PositiveInt | None  # null: the dataset's own length (e.g. IOI's templates)
@@ -87,8 +79,9 @@ class DataConfig(_Section):
     corruption: StrictStr | None = None  # the dataset's own choices; None = its default
 
 
-class PatchingConfig(_Section):
-    """Activation patching: which activations to patch (clean into corrupted) and where."""
+class SweepConfig(Section):
+    """A sweep over components (``src.models.hooks.COMPONENTS``) at layers, heads and
+    positions: the section of activation patching and of attribution patching."""
 
     layers: Indices = "all"
     heads: Indices = "all"
@@ -98,7 +91,7 @@ class PatchingConfig(_Section):
     per_position: StrictBool = False  # one patch per (layer, position), not all positions
 
     @model_validator(mode="after")
-    def _check_sweep(self) -> PatchingConfig:
+    def _check_sweep(self) -> SweepConfig:
         _check_indices(self.layers, "layers")
         _check_indices(self.heads, "heads")
         _check_indices(self.positions, "positions", allow_negative=True)
@@ -106,54 +99,35 @@ class PatchingConfig(_Section):
         return self
 
 
-class AttributionConfig(PatchingConfig):
-    """Attribution patching (gradient estimate of activation patching) and direct logit
-    attribution; ``compare: true`` also runs activation patching and reports agreement."""
-
-    compare: StrictBool = True
-    dla: StrictBool = True
-
-
-class CircuitDiscoveryConfig(_Section):
-    """Edge attribution patching (EAP; EAP-IG when ig_steps > 0), then a faithfulness check
-    that ablates every edge outside the circuit."""
-
-    metric: MetricName = "logit_diff"
-    ig_steps: NonNegativeInt = 5  # integrated-gradient steps; 0 = plain EAP
-    top_n: PositiveInt | None = 20  # keep the top_n edges by |score| ...
-    threshold: Annotated[Float, Field(ge=0)] | None = None  # ... or every |score| >= it
-    ablation: Ablation = "corrupted"  # what an ablated edge carries
-
-    @model_validator(mode="after")
-    def _one_selection(self) -> CircuitDiscoveryConfig:
-        chosen = (self.top_n is not None) + (self.threshold is not None)
-        check(chosen == 1, "top_n", "set exactly one of top_n and threshold (the other null)")
-        return self
-
-
-class OutputConfig(_Section):
+class OutputConfig(Section):
     results_dir: StrictStr
     save_activations: StrictBool = False
     figures: StrictBool = True
     figures_dir: StrictStr = "notebooks/figures"
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
+    """The sections every experiment config has. The analysis sections, at most one per
+    config, are the experiment kinds' own (``src.experiments.registry.experiment_config``
+    adds one optional field per kind); the one present names the kind."""
+
     experiment: ExperimentMeta
     model: ModelConfig
     data: DataConfig
-    patching: PatchingConfig | None = None
-    attribution: AttributionConfig | None = None
-    circuit_discovery: CircuitDiscoveryConfig | None = None
     output: OutputConfig
+
+    @classmethod
+    def sections(cls) -> tuple[str, ...]:
+        """The analysis sections this schema knows."""
+        return tuple(name for name in cls.model_fields if name not in _SHARED_SECTIONS)
 
     @model_validator(mode="after")
     def _check_analysis(self) -> ExperimentConfig:
-        present = [s for s in ANALYSIS_SECTIONS if getattr(self, s) is not None]
+        present = [s for s in self.sections() if getattr(self, s) is not None]
         if len(present) > 1:
             raise FieldError(present[-1], f"one analysis section per config, got {present}")
         section, n = self.analysis, self.data.seq_length
-        if isinstance(section, PatchingConfig) and section.positions != "all" and n is not None:
+        if isinstance(section, SweepConfig) and section.positions != "all" and n is not None:
             for i, position in enumerate(section.positions):
                 check(
                     -n <= position < n,
@@ -170,7 +144,10 @@ class ExperimentConfig(_Section):
     @property
     def kind(self) -> str:
         """The analysis section present ("patching", ...), or "baseline" if none."""
-        return next((s for s in ANALYSIS_SECTIONS if getattr(self, s) is not None), "baseline")
+        return next((s for s in self.sections() if getattr(self, s) is not None), "baseline")
+
+
+_SHARED_SECTIONS = ("experiment", "model", "data", "output")
 
 
 def check_model_fit(
@@ -179,7 +156,7 @@ def check_model_fit(
     """Check the analysis section's layers, heads and components against the model, before
     any forward pass; raise ConfigError naming the file and key."""
     section = cfg.analysis
-    if not isinstance(section, PatchingConfig):
+    if not isinstance(section, SweepConfig):
         return
     for key, size, what in (("layers", n_layers, "layer"), ("heads", n_heads, "head")):
         values = getattr(section, key)
@@ -197,7 +174,7 @@ def check_model_fit(
 # --- SAE training schema (names follow SAELens 6 where it has one) -----------------------
 
 
-class HookConfig(_Section):
+class HookConfig(Section):
     layer: NonNegativeInt
     hook_point: HookPoint = "resid_pre"
 
@@ -207,7 +184,7 @@ class HookConfig(_Section):
         return hook_name(self.hook_point, self.layer)
 
 
-class SAEDataConfig(_Section):
+class SAEDataConfig(Section):
     """The tokens whose activations are cached: ``n_tokens`` for training (the cache is
     ``data/activations/{model}_{layer}_{dataset}_{n_tokens}``; training loops over it) and
     ``n_eval_tokens`` of held-out prompts (another seed, none of the training ones)."""
@@ -232,7 +209,7 @@ class SAEDataConfig(_Section):
         return self
 
 
-class SAEConfig(_Section):
+class SAEConfig(Section):
     architecture: SAEArchitecture = "standard"
     expansion_factor: PositiveInt = 16  # d_sae = expansion_factor * d_in
     k: PositiveInt | None = None  # active latents per token; topk and batchtopk only
@@ -253,7 +230,7 @@ class SAEConfig(_Section):
         return self
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     n_tokens: StrictInt  # total training tokens (SAELens: training_tokens); loops over the cache
     batch_size: PositiveInt = 4096  # tokens per step (SAELens: train_batch_size_tokens)
     lr: Annotated[Float, Field(gt=0)] = 3e-4
@@ -268,11 +245,11 @@ class TrainingConfig(_Section):
         return self
 
 
-class SAEOutputConfig(_Section):
+class SAEOutputConfig(Section):
     results_dir: StrictStr
 
 
-class SAETrainingConfig(_Section):
+class SAETrainingConfig(Section):
     model: ModelConfig
     hook: HookConfig
     data: SAEDataConfig
@@ -281,18 +258,7 @@ class SAETrainingConfig(_Section):
     output: SAEOutputConfig
 
 
-# --- loading ----------------------------------------------------------------------------
-
-
-def load_config(path: str | Path) -> ExperimentConfig | SAETrainingConfig:
-    """Load and validate a YAML config; an ``sae`` section makes it an SAETrainingConfig.
-
-    Raises ConfigError (one line: file, dotted key, what is wanted) for a missing file,
-    invalid YAML, unknown/missing keys, wrong types and out-of-range values.
-    """
-    raw = read_yaml(path)
-    schema = SAETrainingConfig if "sae" in raw else ExperimentConfig
-    return validate(schema, raw, path)
+# --- plain dicts ------------------------------------------------------------------------
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

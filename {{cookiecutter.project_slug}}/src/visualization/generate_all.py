@@ -33,34 +33,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from src.experiments.registry import get_kind, kinds
 from src.visualization.figures import FIGURES, Unavailable, resolve, show
-
-try:
-    from src.experiments.registry import get_kind, kinds
-except ImportError:  # TEMPORARY until the registry lands on main: delete after merging
-    _KINDS = {
-        "baseline": SimpleNamespace(name="baseline", label="baseline", figures=()),
-        "patching": SimpleNamespace(
-            name="patching", label="activation patching", figures=("effects", "attention")
-        ),
-        "attribution": SimpleNamespace(
-            name="attribution",
-            label="attribution patching",
-            figures=("effects", "dla", "attention"),
-        ),  # fmt: skip
-        "circuit_discovery": SimpleNamespace(
-            name="circuit_discovery", label="circuit discovery", figures=("circuit", "attention")
-        ),
-    }
-
-    def kinds() -> dict[str, Any]:
-        return _KINDS
-
-    def get_kind(name: str) -> Any:
-        if name not in _KINDS:
-            raise ValueError(f"no experiment kind {name!r}; known: {', '.join(_KINDS)}")
-        return _KINDS[name]
-
 
 # SAE training is no registered kind (its config is no experiment section): its figures.
 SAE_TRAINING = SimpleNamespace(name="sae_training", label="SAE training", figures=("sae_features",))
