@@ -1,4 +1,5 @@
-"""`python -m src.visualization.generate_all` on real runs of every kind, made here in tmp."""
+"""`python -m src.visualization.generate_all` on real runs of every kind, made here in tmp:
+every figure drawn from the logs and the files they name, no model loaded."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from src.analysis.attention import head_effects
+from src.analysis.features import feature_report
 from src.analysis.norms import final_norm_linear
-from src.data.activation_cache import cache_activations
+from src.data.activation_cache import cache_activations, open_cache
 from src.data.loading import load_dataset
 from src.experiments.registry import get_kind, load_config
 from src.utils.config import config_to_dict
 from src.utils.tracking import log_experiment
 from src.visualization import generate_all as G
+from src.visualization.figures import draw_figures
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"
@@ -27,7 +31,8 @@ N_PROMPTS = 8
 
 
 def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) -> Path:
-    """Run a project config (on N_PROMPTS prompts) with its runner; return the log's path."""
+    """Run a project config (on N_PROMPTS prompts) with its runner and draw its figures, as
+    scripts/run_experiment.py does; return the log's path."""
     cfg = load_config(PROJECT_ROOT / "configs" / config_file)
     out = cfg.output.model_copy(
         update={"results_dir": str(results_dir), "figures_dir": str(figures_dir), "figures": True}
@@ -49,7 +54,10 @@ def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) ->
         model=model,
         corruption=data.corruption,
     )
-    results = get_kind(cfg.kind).run(model, dataset, cfg)
+    kind = get_kind(cfg.kind)
+    results = kind.run(model, dataset, cfg)
+    name = cfg.experiment.name
+    results["figures"] = draw_figures(kind.figures, name, results, figures_dir, label=kind.label)
     return log_experiment(
         cfg.experiment.name, config_to_dict(cfg), results, results_dir=results_dir
     )
@@ -72,8 +80,11 @@ def make_sae_run(model, root: Path) -> tuple[Path, StandardSAE, torch.Tensor, to
         _, cache = model.run_with_cache(tokens, names_filter=HOOK)
     acts = cache[HOOK].cpu()
     cache_activations(model, tokens, [HOOK], cache_dir, shard_tokens=5 * 31)  # two shards
+    report = feature_report(sae, model, open_cache(cache_dir), HOOK)  # as run_sae_training
+    (sae_dir / "features.json").write_text(json.dumps(report))
     results = {
         "kind": "sae_training", "sae_path": str(sae_dir), "cache_dir": str(cache_dir),
+        "features_file": str(sae_dir / "features.json"),
         "hook_name": HOOK, "architecture": "standard", "d_in": 64, "d_sae": 16,
         "n_tokens": tokens.numel(), "l0": 1.0, "explained_variance": 0.5, "dead_fraction": 0.0,
     }  # fmt: skip
@@ -105,6 +116,12 @@ def section(output: str, title: str) -> list[str]:
     return body
 
 
+def same(one: Path, other: Path) -> bool:
+    """Equal files, but for the random element id of circuitsvis's attention pages."""
+    ids = re.compile(rb"circuits-vis-[0-9a-f-]+")
+    return ids.sub(b"", one.read_bytes()) == ids.sub(b"", other.read_bytes())
+
+
 def head_names(html_file: Path) -> list[str]:
     """The heads shown in a circuitsvis attention page."""
     text = html_file.read_text(encoding="utf-8")
@@ -114,7 +131,7 @@ def head_names(html_file: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def run(toy_model, tmp_path_factory):
     """A patching run, an SAE run and a broken log in one results folder, and generate_all
-    over them (one head per attention figure, to stay quick; the other kinds: the slow test)."""
+    over them (the other kinds: the slow test)."""
     root = tmp_path_factory.mktemp("project")
     results, runner_figures = root / "results", root / "runner_figures"
     logs = {
@@ -123,10 +140,7 @@ def run(toy_model, tmp_path_factory):
     (results / "broken.json").write_text('{"name": "x", "results": ')
     logs["sae"], sae, tokens, acts = make_sae_run(toy_model, root)
     figures = root / "figures"
-    code, output = generate(
-        "--results-dir", str(results), "--figures-dir", str(figures), "--device", "cpu",
-        "--max-heads", "1",
-    )  # fmt: skip
+    code, output = generate("--results-dir", str(results), "--figures-dir", str(figures))
     return SimpleNamespace(
         root=root, logs=logs, code=code, output=output, figures=figures,
         runner_figures=runner_figures, sae=sae, tokens=tokens, acts=acts,
@@ -153,21 +167,59 @@ def test_reports_the_broken_log_and_draws_the_rest(run):
 
 
 def test_redrawn_figures_equal_the_runners(run):
-    """From the JSON log alone, the same heatmaps as the runner drew."""
+    """From the JSON log alone, the same heatmaps and attention patterns as the run drew."""
     redrawn = list(run.runner_figures.iterdir())
-    assert len(redrawn) == 2  # PNG and HTML
+    assert len(redrawn) == 4  # PNG and HTML of each
     for runner_file in redrawn:
-        assert (run.figures / runner_file.name).read_bytes() == runner_file.read_bytes()
+        assert same(run.figures / runner_file.name, runner_file)
 
 
-def test_attention_shows_the_strongest_head(run):
+def test_attention_shows_the_strongest_heads(run):
     log = json.loads(run.logs["patching"].read_text())
-    effects = G.head_effects(log["results"]["components"]["head_out"])
-    (layer, head) = max(effects, key=effects.get)
+    effects = head_effects(log["results"]["components"]["head_out"])
+    strongest = sorted(effects, key=lambda h: -effects[h])[:4]
     assert head_names(run.figures / "toy_induction_patching_attention.html") == [
-        f"a{layer}.h{head}"
+        f"a{layer}.h{head}" for layer, head in strongest
     ]
-    assert layer == 1  # an induction head carries the answer
+    assert strongest[0][0] == 1  # an induction head carries the answer
+
+
+def test_max_heads_keeps_the_strongest_stored_heads(run, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "log.json").write_text(run.logs["patching"].read_text())
+    figures = tmp_path / "f"
+    assert generate("--results-dir", str(results), "--figures-dir", str(figures),
+                    "--max-heads", "1")[0] == 0  # fmt: skip
+    stored = json.loads(run.logs["patching"].read_text())["results"]["attention"]["heads"]
+    assert head_names(figures / "toy_induction_patching_attention.html") == stored[:1]
+
+
+def test_draws_every_figure_without_a_model(run, tmp_path, monkeypatch):
+    """No model, no SAE weights, no activation cache: the same files, byte for byte."""
+    import sae_lens
+
+    import src.models.load
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError("generate_all must not load a model or an SAE")
+
+    monkeypatch.setattr(src.models.load, "load_model", unavailable)
+    monkeypatch.setattr(sae_lens.SAE, "load_from_disk", unavailable)
+    for weights in (run.root / "sae_toy_l0").rglob("*.safetensors"):
+        weights.rename(weights.with_suffix(".moved"))
+    for shard in (run.root / "activations").rglob("*.safetensors"):
+        shard.rename(shard.with_suffix(".moved"))
+    try:
+        code, output = generate(
+            "--results-dir", str(run.root / "results"), "--figures-dir", str(tmp_path / "f")
+        )
+    finally:
+        for moved in run.root.rglob("*.moved"):
+            moved.rename(moved.with_suffix(".safetensors"))
+    assert {Path(line).name for line in section(output, "made (")} == EXPECTED
+    for path in run.figures.iterdir():
+        assert same(tmp_path / "f" / path.name, path)
 
 
 @pytest.mark.slow
@@ -193,8 +245,8 @@ def test_attribution_circuit_baseline_and_superseded_logs(toy_model, tmp_path):
         "toy_induction_circuit_circuit.png", "toy_induction_circuit_circuit.html",
         "toy_induction_circuit_attention.png", "toy_induction_circuit_attention.html",
     }  # fmt: skip
-    for runner_file in runner_figures.iterdir():  # 5 heatmaps, the DLA one, the circuit
-        assert (figures / runner_file.name).read_bytes() == runner_file.read_bytes()
+    for runner_file in runner_figures.iterdir():  # heatmaps, DLA, circuit, attention
+        assert same(figures / runner_file.name, runner_file)
     not_made = section(output, "could not make (")
     assert len(not_made) == 2
     assert any("toy_induction_baseline: older logs superseded by" in line for line in not_made)
@@ -232,20 +284,16 @@ def test_sae_figures_by_hand(run, toy_model):
         assert float(best.group(2)) == pytest.approx(logits[f].max().item(), abs=1e-3)
 
 
-def test_sae_without_its_cache_still_gets_decoder_logits(run, tmp_path):
+def test_sae_log_without_a_feature_report_asks_for_a_rerun(run, tmp_path):
     results = tmp_path / "results"
     log = json.loads(run.logs["sae"].read_text())
-    log["results"]["cache_dir"] = str(tmp_path / "deleted_cache")
+    del log["results"]["features_file"]  # a log from before the report was saved
     (results / "sae").mkdir(parents=True)
     (results / "sae" / "sae_toy_l0.json").write_text(json.dumps(log))
     code, output = generate("--results-dir", str(results), "--figures-dir", str(tmp_path / "f"))
-    assert code == 0
-    assert [Path(line).name for line in section(output, "made (")] == [
-        "sae_toy_l0_decoder_logits.md"
-    ]
+    assert code == 0 and section(output, "made (") == []
     (line,) = section(output, "could not make (")
-    assert "feature density and top contexts: activation cache" in line
-    assert "deleted_cache not found" in line
+    assert "SAE figures: rerun the SAE training to store its feature report" in line
 
 
 def test_missing_inputs_are_listed_not_errors(tmp_path):
@@ -255,6 +303,7 @@ def test_missing_inputs_are_listed_not_errors(tmp_path):
         "gone", config, {"circuit_file": str(tmp_path / "nowhere.json")}, results_dir=results
     )
     sae_results = {"kind": "sae_training", "sae_path": str(tmp_path / "no_sae"),
+                   "features_file": str(tmp_path / "no_sae" / "features.json"),
                    "cache_dir": str(tmp_path / "no_cache"), "hook_name": HOOK}  # fmt: skip
     log_experiment(
         "sae_gone", {"model": {"name": "toy-induction"}}, sae_results, results_dir=results
@@ -266,9 +315,8 @@ def test_missing_inputs_are_listed_not_errors(tmp_path):
     assert (
         f"{circuit_log.name}: circuit figure: " in not_made and "nowhere.json not found" in not_made
     )
-    assert "attention figure: no per-head results" in not_made
-    assert (
-        "SAE figures: SAE weights" in not_made and "sae_weights.safetensors not found" in not_made
-    )
+    assert "attention figure: rerun the experiment to store the attention patterns" in not_made
+    assert "SAE figures: feature report" in not_made
+    assert "no_sae/features.json not found" in not_made
     assert "notes.json: not an experiment log or circuit file" in not_made
     assert generate("--results-dir", str(tmp_path / "missing"))[0] == 2

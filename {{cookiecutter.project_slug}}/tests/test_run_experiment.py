@@ -118,7 +118,11 @@ def test_patching_config_finds_the_induction_heads(tmp_path: Path, toy_model: ob
     assert all(name.startswith("a1.") for name in top)  # the layer-1 induction heads
     first = head_out["top"][0]
     assert first["low"] <= first["mean"] <= first["high"] and first["low"] > 0.1
-    assert len(list((tmp_path / "f").glob("*.png"))) == 4  # head_out, q, k, v
+    pngs = {path.name for path in (tmp_path / "f").glob("*.png")}
+    drawn = ("head_out", "q", "k", "v", "attention")  # heatmaps; the strongest heads' patterns
+    assert pngs == {f"toy_induction_patching_{what}.png" for what in drawn}
+    attention = results["attention"]  # stored for the figure: the strongest heads first
+    assert attention["heads"][0] == top[0] and len(attention["heads"]) == 4
 
 
 def test_attribution_config_agrees_with_patching(tmp_path: Path, toy_model: object) -> None:
@@ -137,6 +141,8 @@ def test_circuit_config_saves_a_faithful_circuit(tmp_path: Path, toy_model: obje
     circuit = json.loads(Path(results["circuit_file"]).read_text())
     assert {"nodes", "edges", "faithfulness"} <= set(circuit)
     assert (tmp_path / "f" / "toy_induction_circuit_circuit.png").exists()
+    assert (tmp_path / "f" / "toy_induction_circuit_attention.png").exists()
+    assert set(results["attention"]["heads"]) <= set(results["nodes"])
 
 
 def test_head_out_of_range_fails_before_running(

@@ -35,6 +35,7 @@ from src.utils.config import (
     SAETrainingConfig,
     TrainingConfig,
 )
+from src.visualization.figures import draw_figures
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
@@ -45,6 +46,7 @@ RESULTS_KEYS = {
     "kind",
     "sae_path",
     "cache_dir",
+    "features_file",
     "hook_name",
     "architecture",
     "d_in",
@@ -229,6 +231,7 @@ def test_run_caches_trains_saves_and_reuses(toy_model, tmp_path: Path) -> None:
     train_rows = {tuple(row.tolist()) for row in train.tokens()}
     assert not train_rows & {tuple(row.tolist()) for row in held_out.tokens()}
     assert SAE.load_from_disk(results["sae_path"]).cfg.d_sae == 128
+    check_feature_report(results, tmp_path / "figures")
 
     mtimes = {p: p.stat().st_mtime_ns for p in acts.rglob("*")}
     again = run_sae_training(toy_model, cfg, activations_dir=acts)  # reuses both caches
@@ -238,6 +241,25 @@ def test_run_caches_trains_saves_and_reuses(toy_model, tmp_path: Path) -> None:
     other_hook = tiny_config(tmp_path, hook_point="resid_post")
     with pytest.raises(CacheError, match="hook_names differ"):
         run_sae_training(toy_model, other_hook, activations_dir=acts)
+
+
+def check_feature_report(results: dict, figures_dir: Path) -> None:
+    """The feature report saved beside the SAE: density of every latent over the training
+    cache, the chosen live latents with their contexts and decoder tokens; its figures."""
+    path = Path(results["features_file"])
+    assert path == Path(results["sae_path"]) / "features.json"
+    report = json.loads(path.read_text())
+    assert report["n_tokens"] == 2048 and len(report["density"]) == 128
+    assert report["hook_name"] == results["hook_name"]
+    features = report["features"]
+    assert 0 < len(features) <= 20 and all(report["density"][f] > 0 for f in features)
+    assert [entry["feature"] for entry in report["contexts"]] == features
+    assert all(0 < len(entry["examples"]) <= 10 for entry in report["contexts"])
+    assert [int(f) for f in report["decoder"]] == features
+    drawn = draw_figures(("sae_features",), "toy_sae", results, figures_dir)
+    assert [Path(p).name for p in drawn] == [
+        "toy_sae_feature_density.png", "toy_sae_decoder_logits.md", "toy_sae_top_contexts.md"
+    ]  # fmt: skip
 
 
 def test_mismatched_cache_names_the_field(toy_model, tmp_path: Path) -> None:

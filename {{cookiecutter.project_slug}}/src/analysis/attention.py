@@ -3,23 +3,30 @@
 A pattern is ``[n_heads, dest, src]`` (row = the attending query position, column = the
 attended key position; each row sums to 1 over ``src <= dest``). Heads are named as the
 circuit code names its nodes (``a1.h0``); ``src.visualization.attention`` draws them.
+
+The runners store ``strongest_attention`` in their results (the heads with the largest
+effects, or a circuit's strongest heads, on the first prompt), so that the attention figure
+is drawn from the log alone.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from src.analysis.effects import nan_to_num
 from src.analysis.tokens import token_strings
 from src.models.hooks import hook_name
 
 Head = tuple[int, int]  # (layer, head)
 HEAD_NAME = re.compile(r"^a(\d+)\.h(\d+)$")  # the circuit code's node names: a1.h0
+MAX_HEADS = 4  # heads in the stored attention patterns
 
 
 def parse_head(head: Head | str) -> Head:
@@ -86,3 +93,59 @@ def head_patterns(model: Any, tokens: Tensor, heads: Sequence[Head | str]) -> He
         labels=token_strings(model, tokens),
         head_names=[head_name(parse_head(h)) for h in heads],
     )
+
+
+# --- which heads to show -----------------------------------------------------------------
+
+
+def head_effects(summary: Mapping[str, Any]) -> dict[Head, float]:
+    """|effect| per head of an ``effect_summary`` with a head axis (max over positions)."""
+    axes = tuple(summary["axes"])
+    mean = np.array(nan_to_num(summary["normalized"]["mean"]), dtype=float)
+    if mean.ndim != len(axes):
+        raise ValueError(f"normalized.mean has {mean.ndim} axes but 'axes' names {len(axes)}")
+    if "head" not in axes:
+        return {}
+    grid = np.moveaxis(np.abs(mean), [axes.index("layer"), axes.index("head")], [0, 1])
+    grid = grid.reshape(grid.shape[0], grid.shape[1], -1)
+    out = {}
+    for layer, head in zip(*np.nonzero(np.isfinite(grid).any(-1)), strict=True):
+        out[(int(layer), int(head))] = float(np.nanmax(grid[layer, head]))
+    return out
+
+
+def component_head_scores(components: Mapping[str, Any]) -> dict[Head, float]:
+    """|effect| per head over a sweep's components (each an effect summary, or a dict whose
+    ``attribution`` holds one): the largest over components."""
+    scores: dict[Head, float] = {}
+    for entry in components.values():
+        for head, value in head_effects(entry.get("attribution", entry)).items():
+            scores[head] = max(scores.get(head, 0.0), value)
+    return scores
+
+
+def circuit_head_scores(circuit: Mapping[str, Any]) -> dict[Head, float]:
+    """|score| of a circuit's heads (the nodes in the circuit)."""
+    return {
+        (int(node["layer"]), int(node["head"])): abs(node.get("score") or 0.0)
+        for node in circuit["nodes"]
+        if "head" in node and node.get("in_circuit")
+    }
+
+
+def strongest(scores: Mapping[Head, float], n: int) -> list[Head]:
+    """The ``n`` heads with the largest scores, largest first."""
+    return [head for head, _ in sorted(scores.items(), key=lambda item: -item[1])[:n]]
+
+
+def strongest_attention(
+    model: Any, tokens: Tensor, scores: Mapping[Head, float], n: int = MAX_HEADS
+) -> dict[str, Any] | None:
+    """The attention patterns of the ``n`` heads with the largest ``scores`` on one prompt,
+    as plain data for a log: ``{"heads": ["a1.h0", ...], "tokens": [text per token],
+    "patterns": [n, dest, src]}``, strongest first; None without scored heads."""
+    heads = strongest(scores, n)
+    if not heads:
+        return None
+    view = head_patterns(model, tokens, heads)
+    return {"heads": view.head_names, "tokens": view.labels, "patterns": view.patterns.tolist()}

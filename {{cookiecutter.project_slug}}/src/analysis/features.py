@@ -8,7 +8,8 @@ what it writes.
   promotes (and suppresses) directly, as in the logit lens.
 
 ``feature_stats`` takes ``(tokens, activations)`` chunks (one pass, one chunk in memory at a
-time); ``store_chunks`` feeds it from an ``ActivationStore``. (sae-vis and sae-dashboard
+time); ``store_chunks`` feeds it from an ``ActivationStore``; ``feature_report`` gathers all
+three as plain data, which the SAE runner saves beside the SAE for the figures. (sae-vis and sae-dashboard
 cannot be installed beside transformer-lens 3; this is the small part of them we need.)
 ``src.visualization.features`` draws the results.
 """
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from src.analysis.tokens import Decode
+from src.analysis.norms import final_norm_linear
+from src.analysis.tokens import Decode, token_decoder
 
 Chunk = tuple[Tensor, Tensor]  # tokens [n_seq, ctx], activations [n_seq, ctx, d_in]
 
@@ -275,3 +277,41 @@ def decoder_top_tokens(
             ],
         }
     return out
+
+
+def feature_report(
+    sae: Any,
+    model: Any,
+    store: Any,
+    hook_name: str,
+    *,
+    n_features: int = 20,
+    k: int = 10,
+    k_tokens: int = 10,
+    max_tokens: int | None = 2**20,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """What the SAE feature figures show, as JSON-able data: the density of every latent
+    over the store's first ``max_tokens`` tokens, ``n_features`` live latents
+    (`choose_features`), their top ``k`` contexts and the ``k_tokens`` tokens each decoder
+    direction promotes and suppresses through ``model``'s unembedding.
+
+    ``{"hook_name", "n_tokens", "density", "features", "joiner" (between context tokens),
+    "contexts" (`top_contexts`), "decoder" (`decoder_top_tokens`, feature keys as text)}``.
+    """
+    stats = store_feature_stats(
+        sae, store, hook_name, k=k, max_tokens=max_tokens, progress=progress
+    )
+    features = choose_features(stats.density, n_features)
+    decode = token_decoder(model)
+    logits = decoder_logits(sae.W_dec, model.W_U, features, final_norm_linear(model))
+    decoder = decoder_top_tokens(logits, features, k=k_tokens, decode=decode)
+    return {
+        "hook_name": hook_name,
+        "n_tokens": stats.n_tokens,
+        "density": stats.density.tolist(),
+        "features": features,
+        "joiner": "" if getattr(model, "tokenizer", None) is not None else " ",
+        "contexts": top_contexts(stats, features, decode=decode),
+        "decoder": {str(f): entry for f, entry in decoder.items()},
+    }

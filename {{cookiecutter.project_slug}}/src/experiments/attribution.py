@@ -4,11 +4,11 @@ prompts. The methods are in ``src.analysis.attribution``, ``.patching`` and ``.d
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import StrictBool
 
+from src.analysis.attention import component_head_scores, strongest_attention
 from src.analysis.attribution import attribution_patch
 from src.analysis.dla import DLAResult, direct_logit_attribution
 from src.analysis.effects import ci_dict, effect_summary, pearson
@@ -39,7 +39,8 @@ def run_attribution_experiment(
 ) -> dict[str, Any]:
     """Attribution patching of each configured component (normalized, with CIs); with
     ``compare``, also activation patching and the Pearson correlation between the two; with
-    ``dla``, direct logit attribution per head. Figures when ``output.figures``."""
+    ``dla``, direct logit attribution per head; the attention patterns of the heads with the
+    largest estimated effects on the first prompt."""
     section = config.attribution
     sweep = Sweep.start(model, dataset, section, batch_size, progress)
     results = sweep.results
@@ -54,16 +55,10 @@ def run_attribution_experiment(
             entry["pearson_r"] = pearson(estimate.mean(-1), actual.mean(-1))
             results[f"{component}_pearson_r"] = entry["pearson_r"]
         results["components"][component] = entry
-        sweep.draw(config, entry["attribution"], component, "attribution patching")
     if section.dla:
         results["dla"] = _dla(model, sweep.steps)
-        if config.output.figures:
-            from src.visualization.patching import save_dla_figure
-
-            name = config.experiment.name
-            path = Path(config.output.figures_dir) / f"{name}_dla_heads.png"
-            title = f"{name}: direct logit attribution per head"
-            results["figures"].append(str(save_dla_figure(results["dla"], path, title=title)))
+    scores = component_head_scores(results["components"])
+    results["attention"] = strongest_attention(model, dataset.clean_tokens[0], scores)
     return results
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from src.analysis.attention import circuit_head_scores, strongest_attention
 from src.analysis.circuit_graph import model_graph
 from src.analysis.circuits import (
     circuit_dict,
@@ -94,17 +95,12 @@ def run_circuit_discovery(
     batch_size: int = 32,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """``discover_circuit``, saved as JSON in ``output.results_dir`` (and drawn, when
-    ``output.figures``); returns the summary that goes into the experiment log."""
+    """``discover_circuit``, saved as JSON in ``output.results_dir``; returns the summary
+    that goes into the experiment log, with the attention patterns of the circuit's
+    strongest heads on the first prompt."""
     circuit = discover_circuit(model, dataset, config, batch_size=batch_size, progress=progress)
     name = config.experiment.name
     path = save_circuit(circuit, Path(config.output.results_dir) / f"{name}_circuit.json")
-    figures: list[str] = []
-    if config.output.figures:
-        from src.visualization.circuit import save_circuit_figures
-
-        stem = Path(config.output.figures_dir) / f"{name}_circuit"
-        figures = save_circuit_figures(circuit, stem, name=name)
     faith = circuit["faithfulness"]
     edges = sorted(iter_circuit_edges(circuit), key=lambda e: -abs(e["score"]))
     return {
@@ -120,7 +116,10 @@ def run_circuit_discovery(
         "nodes": [n["name"] for n in circuit["nodes"] if n["in_circuit"]],
         "edges": [edge_name(e) for e in edges],
         "circuit_file": str(path),
-        "figures": figures,
+        "figures": [],
+        "attention": strongest_attention(
+            model, dataset.clean_tokens[0], circuit_head_scores(circuit)
+        ),
     }
 
 

@@ -1,11 +1,10 @@
 """Shared by the runners (not an experiment kind): a sweep's results header, the subsets a
-config section patches, per-prompt results over batches, and drawing effect heatmaps."""
+config section patches, per-prompt results over batches."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,7 +80,7 @@ class Sweep:
         device = next(model.parameters()).device
         clean, corrupted = baselines(model, dataset, section.metric, batch_size)
         results = results_header(clean, corrupted, section.metric)
-        # generate_all redraws the heatmaps from the log
+        # the heatmaps' position labels, for the figures drawn from the log
         results["token_labels"] = token_labels(model, dataset.clean_tokens)
         steps = [b.to(device) for b in batches(dataset, batch_size)]
         return cls(model, section, steps, clean, corrupted, results, progress)
@@ -100,19 +99,3 @@ class Sweep:
             )  # fmt: skip
 
         return over_batches(one, self.steps, f"{desc} {component}", self.progress)
-
-    def draw(self, config: Any, summary: dict[str, Any], component: str, method: str) -> None:
-        """With ``output.figures``, the heatmaps of one component's effects,
-        ``{name}_{component}`` .png and .html in ``output.figures_dir``, titled with the
-        ``method``; their paths go into the results' ``figures``."""
-        if not config.output.figures:
-            return
-        from src.visualization.patching import save_effect_figures
-
-        name = config.experiment.name
-        stem = Path(config.output.figures_dir) / f"{name}_{component}"
-        title = f"{name}: {method}, {component}"
-        labels = self.results["token_labels"]
-        self.results["figures"] += save_effect_figures(
-            summary, str(stem), title=title, xticklabels=labels
-        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from src.analysis.attention import component_head_scores, strongest_attention
 from src.analysis.effects import effect_summary
 from src.analysis.patching import activation_patch
 from src.data.dataset import ContrastDataset
@@ -33,7 +34,8 @@ def run_patching_experiment(
 ) -> dict[str, Any]:
     """Activation patching of each configured component, over the dataset in batches of
     prompts: the normalized effect of every patch (0 = corrupted, 1 = clean) with a
-    bootstrap CI over prompts, the top entries, and heatmaps when ``output.figures``."""
+    bootstrap CI over prompts, the top entries, and the attention patterns of the heads with
+    the largest effects on the first prompt (for the attention figure)."""
     section = config.patching
     sweep = Sweep.start(model, dataset, section, batch_size, progress)
     results = sweep.results
@@ -44,7 +46,8 @@ def run_patching_experiment(
         results["components"][component] = summary
         if summary["top"]:
             results[f"{component}_top_effect"] = summary["top"][0]["mean"]
-        sweep.draw(config, summary, component, "activation patching")
+    scores = component_head_scores(results["components"])
+    results["attention"] = strongest_attention(model, dataset.clean_tokens[0], scores)
     return results
 
 

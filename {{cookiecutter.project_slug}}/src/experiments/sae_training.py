@@ -14,6 +14,8 @@
 3. Saves it in SAELens's format (``<results_dir>/sae/``, loadable with
    ``sae_lens.SAE.load_from_disk``), loads it back and evaluates what was saved on the
    held-out cache (``evaluate_sae``): L0, explained variance, dead-latent fraction, MSE.
+4. Saves what the feature figures show (``feature_report``: density, top contexts, decoder
+   directions) as ``features.json`` in the SAE's folder.
 
 Held-out prompts are drawn with another seed and exclude every training prompt, so for a
 text file too (whose chunks are drawn at random) none is seen in training.
@@ -48,6 +50,7 @@ from sae_lens import (
 from sae_lens.config import SAETrainerConfig
 from torch import Tensor
 
+from src.analysis.features import feature_report
 from src.data.activation_cache import (
     METADATA,
     ActivationStore,
@@ -60,6 +63,7 @@ from src.data.dataset import ContrastDataset
 from src.data.loading import load_dataset
 from src.models.load import parse_dtype
 from src.utils.config import SAEConfig, SAEDataConfig, SAETrainingConfig, TrainingConfig
+from src.utils.files import write_text_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ACTIVATIONS_DIR = Path("data/activations")
@@ -398,11 +402,15 @@ def run_sae_training(
         saved,
         eval_store.iter_batches(hook.name, 4096, shuffle=False, device=device, dtype=torch.float32),
     )
+    # what the feature figures show, saved beside the SAE (the figures need no model)
+    report = feature_report(saved, model, train_store, hook.name, progress=progress)
+    write_text_atomic(sae_path / "features.json", json.dumps(report))
     return {
         "kind": "sae_training",
         "sae_path": project_path(sae_path),
         "cache_dir": project_path(train_store.path),
         "eval_cache_dir": project_path(eval_store.path),
+        "features_file": project_path(sae_path / "features.json"),
         "hook_name": hook.name,
         "architecture": config.sae.architecture,
         "d_in": d_in,

@@ -1,0 +1,177 @@
+"""Figure makers by name: each draws one kind of figure from an experiment's results.
+
+A maker is ``maker(name, results, figures_dir, **options) -> list[str]`` (the paths it
+wrote, named after the experiment ``name``); it reads only the results and the files they
+name (a circuit file, an SAE's feature report), never a model. It raises ``Unavailable``
+when an input is legitimately missing (an older log, a file not there), anything else when
+something is broken. The registry of experiment kinds names each kind's makers
+(``get_kind(kind).figures``); ``draw_figures`` draws them after a run, and
+``generate_all`` for every log.
+
+Options: ``label`` (the method in the effect heatmaps' titles, the kind's label),
+``max_heads`` (heads in the attention figure, at most the stored ones) and ``log_path``
+(where the log is, to find files that moved with it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+Maker = Callable[..., list[str]]
+
+
+class Unavailable(Exception):
+    """An input is legitimately missing (not an error): the figure is listed as not made."""
+
+
+def show(path: Path | str) -> str:
+    """``path`` relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve(path: str, log_path: Path | None = None) -> Path:
+    """A path stored in a log: absolute; relative to the working directory or the project
+    root (runs store paths relative to where they ran); or, for a results folder that was
+    moved, the same name beside the log."""
+    candidates = [Path(path), PROJECT_ROOT / path]
+    if log_path is not None:
+        candidates.append(Path(log_path).parent / Path(path).name)
+    return next((p for p in candidates if p.exists()), candidates[0])
+
+
+def effects(
+    name: str, results: dict[str, Any], figures_dir: Path, *, label: str, **_: Any
+) -> list[str]:
+    """The effect heatmaps ``{name}_{component}`` .png and .html of a patching-style sweep,
+    titled with the method ``label``; position axes labelled with the stored tokens."""
+    from src.visualization.patching import save_effect_figures
+
+    made: list[str] = []
+    labels = results.get("token_labels")
+    for component, entry in results.get("components", {}).items():
+        summary = entry.get("attribution", entry)
+        ticks = labels if "pos" in summary["axes"] else None
+        stem = Path(figures_dir) / f"{name}_{component}"
+        title = f"{name}: {label}, {component}"
+        made += save_effect_figures(summary, str(stem), title=title, xticklabels=ticks)
+    return made
+
+
+def dla(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """The per-head direct logit attribution heatmap ``{name}_dla_heads.png`` (none when the
+    run computed no DLA)."""
+    from src.visualization.patching import save_dla_figure
+
+    if "dla" not in results:
+        return []
+    path = Path(figures_dir) / f"{name}_dla_heads.png"
+    title = f"{name}: direct logit attribution per head"
+    return [str(save_dla_figure(results["dla"], path, title=title))]
+
+
+def circuit(
+    name: str, results: dict[str, Any], figures_dir: Path, *, log_path: Path | None = None,
+    **_: Any,
+) -> list[str]:  # fmt: skip
+    """The circuit graph ``{name}_circuit`` .png and .html from the log's circuit file."""
+    from src.visualization.circuit import save_circuit_figures
+
+    if "circuit_file" not in results:
+        raise ValueError("the log has no 'circuit_file'")
+    path = resolve(results["circuit_file"], log_path)
+    if not path.exists():
+        raise Unavailable(f"{show(path)} not found")
+    graph = json.loads(path.read_text(encoding="utf-8"))
+    return save_circuit_figures(graph, Path(figures_dir) / f"{name}_circuit", name=name)
+
+
+def attention(
+    name: str, results: dict[str, Any], figures_dir: Path, *, max_heads: int = 4, **_: Any
+) -> list[str]:
+    """The attention patterns ``{name}_attention`` .png and .html of the strongest heads on
+    the first prompt, as the runner stored them (``results["attention"]``)."""
+    from src.visualization.attention import save_attention_figures
+
+    if "attention" not in results:
+        raise Unavailable("rerun the experiment to store the attention patterns of its heads")
+    stored = results["attention"]
+    if not stored:
+        raise Unavailable("no per-head results to pick heads from")
+    n = min(max_heads, len(stored["heads"]))
+    patterns = torch.tensor(stored["patterns"][:n], dtype=torch.float32)
+    title = f"{name}: attention of the strongest heads (first prompt)"
+    paths = save_attention_figures(
+        patterns, Path(figures_dir) / f"{name}_attention", stored["tokens"],
+        head_names=stored["heads"][:n], title=title,
+    )  # fmt: skip
+    return [str(p) for p in paths]
+
+
+def sae_features(
+    name: str, results: dict[str, Any], figures_dir: Path, *, log_path: Path | None = None,
+    **_: Any,
+) -> list[str]:  # fmt: skip
+    """Feature density (``{name}_feature_density.png``), decoder directions through the
+    unembedding (``{name}_decoder_logits.md``) and top-activating contexts
+    (``{name}_top_contexts.md``) from the feature report the SAE run saved."""
+    from src.visualization import features as F
+
+    if "features_file" not in results:
+        raise Unavailable("rerun the SAE training to store its feature report (features.json)")
+    path = resolve(results["features_file"], log_path)
+    if not path.exists():
+        raise Unavailable(f"feature report {show(path)} not found")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    figures_dir = Path(figures_dir)
+    title = f"{name}: feature density over {report['n_tokens']:,} tokens"
+    density = torch.tensor(report["density"], dtype=torch.float64)
+    png = figures_dir / f"{name}_feature_density.png"
+    made = [str(F.plot_feature_density(density, png, title=title))]
+    promoted = {int(f): entry for f, entry in report["decoder"].items()}
+    title = f"{name}: tokens promoted by decoder directions (W_dec @ W_U)"
+    md = figures_dir / f"{name}_decoder_logits.md"
+    made.append(str(F.save_decoder_markdown(promoted, md, title=title)))
+    title = f"{name}: top-activating contexts ({report['hook_name']})"
+    md = figures_dir / f"{name}_top_contexts.md"
+    made.append(
+        str(F.save_contexts_markdown(
+            report["contexts"], md, title=title, joiner=report["joiner"], promoted=promoted
+        ))
+    )  # fmt: skip
+    return made
+
+
+FIGURES: dict[str, Maker] = {
+    "effects": effects,
+    "dla": dla,
+    "circuit": circuit,
+    "attention": attention,
+    "sae_features": sae_features,
+}
+
+
+def draw_figures(
+    names: tuple[str, ...] | list[str], name: str, results: dict[str, Any], figures_dir: str | Path,
+    **options: Any,
+) -> list[str]:  # fmt: skip
+    """Draw the figures ``names`` (keys of ``FIGURES``) of experiment ``name``'s results into
+    ``figures_dir``; return the paths written. A figure whose inputs are missing
+    (``Unavailable``) is skipped; any other failure raises."""
+    made: list[str] = []
+    for figure in names:
+        try:
+            made += FIGURES[figure](name, results, Path(figures_dir), **options)
+        except Unavailable:
+            continue
+    return made
