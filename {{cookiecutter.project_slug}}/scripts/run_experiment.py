@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"running {cfg.kind} on {len(dataset)} x {dataset.seq_length} tokens", file=sys.stderr)
     results = kind.run(model, dataset, cfg, batch_size=args.batch_size, progress=True)
     results = {"kind": kind.name, "headline": kind.headline, **results}
+    if cfg.output.figures and kind.figures:
+        from src.visualization.figures import draw_figures
+
+        results["figures"] = draw_figures(
+            kind.figures, cfg.experiment.name, results, cfg.output.figures_dir, label=kind.label
+        )
     wall_time_s = time.perf_counter() - start
 
     finish_run(
