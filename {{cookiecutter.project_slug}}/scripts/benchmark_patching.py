@@ -14,10 +14,8 @@ small's shape (a subset, below).
   cost for ours is that of all layers) and, in the per-position head rows, only
   --positions (default: the corrupted one and the last). TL then runs
   `generic_activation_patch` with its patch setter over exactly the same indices.
-- pattern: TL's `get_act_patch_attn_head_pattern_*` edit `hook_pattern`, which on native
-  bridges fires after the attention output is computed, so they return the corrupted
-  baseline (the toy run prints this). The TL side patches `hook_z` with (clean pattern @
-  corrupted values) through `generic_activation_patch` instead: the same cost per index.
+- pattern: TL's own functions return the corrupted baseline on native bridges (the toy run
+  prints this); the TL side patches `hook_z` instead (see scripts/tl_reference.py).
 
 A second table sums each component's two layouts (its whole sweep). Rows with only a few
 whole-layer patches ([layer] with 2 layers) cannot reach the per-position speed-ups on a
@@ -134,115 +132,17 @@ def gpt2_sized_inputs(device: Any, n_prompts: int, seq: int) -> tuple[Any, Any, 
     return model, clean.to(device), corrupted.to(device), metric
 
 
-def tl_reference(component: str, per_position: bool) -> tuple[Callable | None, tuple[str, ...]]:
-    """The TL patch setter and index axes matching ours (None: a whole-activation setter)."""
-    import transformer_lens.patching as tlp
-
-    if component in ("resid_pre", "attn_out", "mlp_out"):
-        if per_position:
-            return tlp.layer_pos_patch_setter, ("layer", "pos")
-        return None, ("layer",)
-    if component == "pattern":
-        if per_position:
-            return _z_by_dest_setter, ("layer", "head_index", "dest_pos")
-        return tlp.layer_head_vector_patch_setter, ("layer", "head")
-    if per_position:
-        return tlp.layer_pos_head_vector_patch_setter, ("layer", "pos", "head")
-    return tlp.layer_head_vector_patch_setter, ("layer", "head")
-
-
-def _whole_setter(corrupted: Any, index: Any, clean: Any) -> Any:
-    return clean.clone()
-
-
-def _z_by_dest_setter(corrupted: Any, index: Any, clean: Any) -> Any:
-    layer, head, dest = index
-    corrupted[:, dest, head] = clean[:, dest, head]
-    return corrupted
-
-
-TL_NAMES = {"head_out": "z", "pattern": "z"}  # our component -> TL's activation name
-# (component, per_position) -> the named TL function, used when every layer is patched
-TL_FUNCTIONS = {
-    ("resid_pre", True): "get_act_patch_resid_pre",
-    ("attn_out", True): "get_act_patch_attn_out",
-    ("mlp_out", True): "get_act_patch_mlp_out",
-    **{
-        (component, per_position): f"get_act_patch_attn_head_{tl}_{layout}"
-        for component, tl in (("head_out", "out"), ("q", "q"), ("k", "k"), ("v", "v"))
-        for per_position, layout in ((False, "all_pos"), (True, "by_pos"))
-    },
-}
-
-
-def run_tl(
-    model: Any,
-    corrupted: Any,
-    cache: Any,
-    metric: Callable,
-    component: str,
-    per_position: bool,
-    subset: dict[str, list[int]],
-) -> Any:
-    """TL's result in our layout (NaN outside ``subset``, axis -> indices): the named TL
-    function when everything is patched, else `generic_activation_patch` with the same
-    patch setter over the same indices."""
-    import itertools
-
-    import pandas as pd
-    import torch
-    import transformer_lens.patching as tlp
-
-    from src.models.hooks import n_heads_of, result_axes
-
-    axes = result_axes(component, per_position)
-    sizes = {
-        "layer": model.cfg.n_layers,
-        "pos": corrupted.shape[1],
-        "head": n_heads_of(model, component),
-    }
-    ranges = {axis: subset.get(axis, list(range(sizes[axis]))) for axis in axes}
-    named = TL_FUNCTIONS.get((component, per_position))
-    if named and all(ranges[axis] == list(range(sizes[axis])) for axis in axes):
-        with contextlib.redirect_stderr(io.StringIO()):  # TL's tqdm bar
-            return getattr(tlp, named)(model, corrupted, cache, metric).float().cpu()
-    setter, tl_axes = tl_reference(component, per_position)
-    index_df = pd.DataFrame(
-        list(itertools.product(*(ranges[axis] for axis in axes))), columns=list(tl_axes)
-    )
-    with contextlib.redirect_stderr(io.StringIO()):
-        flat = tlp.generic_activation_patch(
-            model,
-            corrupted,
-            cache,
-            metric,
-            setter or _whole_setter,
-            TL_NAMES.get(component, component),
-            index_df=index_df,
-        )
-    result = torch.full([sizes[axis] for axis in axes], float("nan"))
-    result[tuple(torch.tensor(index_df.values).T)] = flat.float().cpu()
-    return result
-
-
 def clean_caches(model: Any, clean: Any, corrupted: Any, device: Any) -> tuple[float, Any, Any]:
-    """TL's clean cache (and the seconds it took), and the head outputs of the clean pattern
-    on the corrupted values per layer: what TL is given to patch ``pattern`` through z."""
+    """TL's clean cache (and the seconds it took), and the cache it patches ``pattern`` from
+    (``tl_reference.pattern_z_cache``)."""
     import torch
 
-    from src.analysis.patch_engine import pattern_times_values
-    from src.models.hooks import hook_name
+    from scripts.tl_reference import pattern_z_cache
 
     with torch.no_grad():
         cache_s, (_, cache) = best_time(lambda: model.run_with_cache(clean), 1, device)
         _, corrupted_cache = model.run_with_cache(corrupted)
-    z_cache = {
-        hook_name("z", layer): pattern_times_values(
-            cache[hook_name("pattern", layer)], corrupted_cache[hook_name("v", layer)]
-        )
-        for layer in range(model.cfg.n_layers)
-    }
-    return cache_s, cache, z_cache
+    return cache_s, cache, pattern_z_cache(model, cache, corrupted_cache)
 
 
 def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Row]:
@@ -301,6 +201,7 @@ def compare_component(
     is printed as it comes (a header before the first of ``done``)."""
     import torch
 
+    from scripts.tl_reference import run_tl
     from src.analysis.patching import activation_patch
     from src.models.hooks import HEAD_COMPONENTS, result_axes
 

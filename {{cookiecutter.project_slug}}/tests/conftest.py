@@ -11,6 +11,70 @@ def toy_model():
     from src.models.load import load_model  # imported here: transformer-lens takes seconds
 
     return load_model("toy-induction", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def small_bridge():
+    """A factory of small random-init native bridges (eval mode, seeded): 2 layers,
+    d_model 32, 4 heads of 8, MLPs, LayerNorm, 50 tokens, context 16. Keyword arguments
+    override the config (``TransformerBridgeConfig`` fields)."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    fields = {
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 4,
+        "d_head": 8,
+        "d_mlp": 64,
+        "d_vocab": 50,
+        "n_ctx": 16,
+        "act_fn": "gelu_new",
+        "normalization_type": "LN",
+        "attn_only": False,
+        "positional_embedding_type": "standard",
+        "seed": 0,
+    }
+
+    def make(**overrides):
+        cfg = TransformerBridgeConfig(**(fields | overrides))
+        return TransformerBridge.boot_native(cfg, device="cpu").eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def biased_bridge(small_bridge):
+    """A factory of ``small_bridge()`` with random biases and LayerNorm weights (zero biases
+    and unit weights, as initialised, would hide bugs that involve them)."""
+    import torch
+
+    def make():
+        model = small_bridge()
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias"):
+                    param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+                elif "ln" in name:
+                    param.copy_(1 + 0.3 * torch.randn(param.shape, generator=generator))
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mlp_pairs():
+    """Three clean / corrupted prompt pairs of 12 tokens for ``small_bridge`` models (six
+    tokens changed), with answer and wrong tokens."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 50, (3, 12), generator=generator)
+    corrupted = clean.clone()
+    corrupted[:, 3:9] = torch.randint(0, 50, (3, 6), generator=generator)
+    answer = torch.randint(0, 50, (3,), generator=generator)
+    return clean, corrupted, answer, (answer + 7) % 50
 {%- if cookiecutter.experiment_tracking == "wandb" %}
 
 

@@ -111,7 +111,7 @@ def test_html_is_self_contained_and_holds_the_data(tmp_path):
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
-def test_save_model_attention(toy_model, prompt, tmp_path):
+def test_head_patterns_drawn_as_png_and_html(toy_model, prompt, tmp_path):
     view = head_patterns(toy_model, prompt[None], ["a0.h2"])
     paths = save_attention_figures(
         view.patterns, tmp_path / "toy_attn", view.labels, head_names=view.head_names

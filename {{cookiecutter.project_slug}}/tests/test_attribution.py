@@ -1,7 +1,7 @@
-"""Attribution patching and direct logit attribution, against TransformerLens references.
+"""Attribution patching, against TransformerLens references.
 
 References: activation patching (`transformer_lens.patching.get_act_patch_*`), TransformerLens's
-own attribution patching and DLA (`transformer_lens.tools.analysis`), finite differences.
+own attribution patching (`transformer_lens.tools.analysis`), finite differences.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import torch
 from scipy.stats import pearsonr
 
 from src.analysis.attribution import attribution_patch
-from src.analysis.dla import direct_logit_attribution
 from src.analysis.metrics import bind_metric
 from src.data.induction import make_induction_dataset
 from src.models import hooks
@@ -31,49 +30,9 @@ def metric(induction):
     return bind_metric("logit_diff", induction.answer_tokens, induction.wrong_tokens)
 
 
-def _mlp_model():
-    """A random 2-layer model with MLPs and non-trivial biases and LayerNorm weights."""
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    cfg = TransformerBridgeConfig(
-        n_layers=2,
-        d_model=32,
-        n_ctx=16,
-        d_head=8,
-        n_heads=4,
-        d_vocab=50,
-        d_mlp=64,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        attn_only=False,
-        positional_embedding_type="standard",
-        seed=0,
-    )
-    model = TransformerBridge.boot_native(cfg).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # zero-initialised biases would hide bias bugs
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
-            elif "ln" in name:
-                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=generator))
-    return model
-
-
 @pytest.fixture(scope="module")
-def mlp_model():
-    return _mlp_model()
-
-
-@pytest.fixture(scope="module")
-def mlp_data():
-    generator = torch.Generator().manual_seed(1)
-    clean = torch.randint(0, 50, (3, 12), generator=generator)
-    corrupted = clean.clone()
-    corrupted[:, 3:9] = torch.randint(0, 50, (3, 6), generator=generator)
-    answer = torch.randint(0, 50, (3,), generator=generator)
-    return clean, corrupted, answer, (answer + 7) % 50
+def mlp_model(biased_bridge):
+    return biased_bridge()
 
 
 # --- attribution patching vs activation patching ------------------------------------------
@@ -186,7 +145,7 @@ def test_equals_finite_difference_directional_derivative(induction):
             assert got.item() == pytest.approx(expected, abs=1e-5), (component, layer, head)
 
 
-def test_matches_transformer_lens_attribution_patch(mlp_model, mlp_data):
+def test_matches_transformer_lens_attribution_patch(mlp_model, mlp_pairs):
     """TL's own node-level attribution patching (per example, then averaged) agrees to 1e-6.
 
     Its nodes: head output per (layer, pos, head) = our head_out by position; mlp_out per
@@ -196,7 +155,7 @@ def test_matches_transformer_lens_attribution_patch(mlp_model, mlp_data):
     """
     from transformer_lens.tools.analysis import attribution_patch as tl_attribution_patch
 
-    clean, corrupted, answer, wrong = mlp_data
+    clean, corrupted, answer, wrong = mlp_pairs
     metric = bind_metric("logit_diff", answer, wrong)
     with torch.no_grad():
         baseline = metric(mlp_model(corrupted)).item()
@@ -327,8 +286,8 @@ def test_metric_of_wrong_shape_raises(toy_model, induction):
         )
 
 
-def test_leaves_no_gradients_and_restores_state(mlp_model, mlp_data):
-    clean, corrupted, answer, wrong = mlp_data
+def test_leaves_no_gradients_and_restores_state(mlp_model, mlp_pairs):
+    clean, corrupted, answer, wrong = mlp_pairs
     frozen = next(mlp_model.parameters())
     frozen.requires_grad_(False)
     flags = [p.requires_grad for p in mlp_model.parameters()]
@@ -343,132 +302,3 @@ def test_leaves_no_gradients_and_restores_state(mlp_model, mlp_data):
         assert not mlp_model.training
     finally:
         frozen.requires_grad_(True)
-
-
-# --- direct logit attribution ---------------------------------------------------------------
-
-
-def _expected_remainder(model, answer, wrong):
-    """What no component writes: the final LayerNorm bias and the unembedding bias."""
-    direction = model.W_U[:, answer] - model.W_U[:, wrong]
-    return (model.ln_final.b @ direction + model.b_U[answer] - model.b_U[wrong]).detach()
-
-
-def _real_logit_diff(model, tokens, answer, wrong):
-    with torch.no_grad():
-        final = model(tokens)[:, -1]
-    return final[torch.arange(len(tokens)), answer] - final[torch.arange(len(tokens)), wrong]
-
-
-@pytest.mark.parametrize("by", ["head", "component"])
-def test_dla_sums_to_logit_diff_on_toy(toy_model, induction, by):
-    tokens, answer, wrong = induction.clean_tokens, induction.answer_tokens, induction.wrong_tokens
-    result = direct_logit_attribution(toy_model, tokens, answer, wrong, by=by)
-    real = _real_logit_diff(toy_model, tokens, answer, wrong)
-    torch.testing.assert_close(
-        result.per_prompt.sum(0) + result.remainder_per_prompt, real, atol=1e-4, rtol=0
-    )
-    # the remainder is exactly the bias part (|remainder| <= 0.17 of a ~11.5 logit diff)
-    torch.testing.assert_close(
-        result.remainder_per_prompt,
-        _expected_remainder(toy_model, answer, wrong),
-        atol=1e-4,
-        rtol=0,
-    )
-    assert result.logit_diff == pytest.approx(real.mean().item(), abs=1e-4)
-    torch.testing.assert_close(result.values, result.per_prompt.mean(1))
-    if by == "head":
-        assert result.labels[:3] == ["embed", "pos_embed", "a0.h0"]
-        assert "a1.bias" in result.labels and "m0" not in result.labels
-        heads = result.by_head()
-        assert heads.shape == (2, 4)
-        # the layer-1 induction heads write the answer; layer 0 writes almost nothing direct
-        assert heads[1].min() > 1.0 and heads[1].sum() > 0.9 * result.logit_diff
-        assert heads[0].abs().max() < 0.1
-    else:
-        assert result.labels == ["embed", "pos_embed", "attn_0", "attn_1"]
-        with pytest.raises(ValueError, match="by='head'"):
-            result.by_head()
-
-
-def test_dla_sums_to_logit_diff_with_mlps(mlp_model, mlp_data):
-    tokens, _, answer, wrong = mlp_data
-    real = _real_logit_diff(mlp_model, tokens, answer, wrong)
-    heads = direct_logit_attribution(mlp_model, tokens, answer, wrong)
-    components = direct_logit_attribution(mlp_model, tokens, answer, wrong, by="component")
-    assert heads.labels[-2:] == ["a1.bias", "m1"]
-    assert components.labels == ["embed", "pos_embed", "attn_0", "mlp_0", "attn_1", "mlp_1"]
-    for result in (heads, components):
-        torch.testing.assert_close(
-            result.per_prompt.sum(0) + result.remainder_per_prompt, real, atol=1e-4, rtol=0
-        )
-        torch.testing.assert_close(
-            result.remainder_per_prompt,
-            _expected_remainder(mlp_model, answer, wrong),
-            atol=1e-4,
-            rtol=0,
-        )
-    # heads + bias of a layer = that layer's attention output
-    layer_1 = [i for i, label in enumerate(heads.labels) if label.startswith("a1.")]
-    torch.testing.assert_close(
-        heads.per_prompt[layer_1].sum(0),
-        components.per_prompt[components.labels.index("attn_1")],
-        atol=1e-5,
-        rtol=0,
-    )
-
-
-def _tl_reference(model_factory):
-    """The same weights with LayerNorm folded (what TL's DLA requires on a bridge).
-
-    Value biases stay per head (``fold_value_biases=False``); folding them moves
-    ``b_V @ W_O`` from the head terms into ``b_O``.
-    """
-    model = model_factory()
-    model.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False)
-    return model
-
-
-@pytest.mark.parametrize("which", ["toy", "mlp"])
-def test_dla_matches_transformer_lens(toy_model, induction, mlp_model, mlp_data, which):
-    """TL's direct_logit_attribution (unit head / component) on a folded copy, to 1e-4."""
-    from transformer_lens.tools.analysis import direct_logit_attribution as tl_dla
-
-    if which == "toy":
-        model, factory = toy_model, lambda: load_model("toy-induction", device="cpu")
-        tokens, answer, wrong = (
-            induction.clean_tokens,
-            induction.answer_tokens,
-            induction.wrong_tokens,
-        )
-    else:
-        model, factory = mlp_model, _mlp_model
-        tokens, _, answer, wrong = mlp_data
-    reference_model = _tl_reference(factory)
-    ours = direct_logit_attribution(model, tokens, answer, wrong)
-    ref = tl_dla(reference_model, tokens, answer_tokens=answer, incorrect_tokens=wrong, unit="head")
-    is_head = [".h" in label for label in ours.labels]
-    torch.testing.assert_close(ours.per_prompt[is_head], ref.attribution[:-1], atol=1e-4, rtol=0)
-    # TL's remainder = everything but the heads (embeddings, b_O, MLPs)
-    others = ours.per_prompt[[not h for h in is_head]].sum(0)
-    torch.testing.assert_close(others, ref.attribution[-1], atol=1e-4, rtol=0)
-
-    ours = direct_logit_attribution(model, tokens, answer, wrong, by="component")
-    ref = tl_dla(reference_model, tokens, answer_tokens=answer, incorrect_tokens=wrong)
-    assert len(ref.labels) == len(ours.labels)
-    torch.testing.assert_close(ours.per_prompt, ref.attribution, atol=1e-4, rtol=0)
-    # our DLA on the folded model (how pretrained models load) gives the same terms
-    folded = direct_logit_attribution(reference_model, tokens, answer, wrong, by="component")
-    torch.testing.assert_close(folded.per_prompt, ours.per_prompt, atol=1e-4, rtol=0)
-
-
-def test_dla_bad_inputs(toy_model, induction):
-    tokens, answer, wrong = induction.clean_tokens, induction.answer_tokens, induction.wrong_tokens
-    with pytest.raises(ValueError, match="by"):
-        direct_logit_attribution(toy_model, tokens, answer, wrong, by="layer")
-    with pytest.raises(ValueError, match="answer_tokens"):
-        direct_logit_attribution(toy_model, tokens, answer[:3], wrong)
-    with pytest.raises(ValueError, match="wrong_tokens"):
-        direct_logit_attribution(toy_model, tokens, answer, wrong + 64)
-    with pytest.raises(ValueError, match="tokens"):
-        direct_logit_attribution(toy_model, tokens[0], answer, wrong)

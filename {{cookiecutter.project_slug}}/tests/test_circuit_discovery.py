@@ -20,16 +20,9 @@ def previous_dataset():
 
 
 @pytest.fixture(scope="module")
-def mlp_model():
+def mlp_model(small_bridge):
     """A random 2-layer model with MLPs (the toy has none)."""
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    cfg = TransformerBridgeConfig(
-        n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=40, d_mlp=64,
-        act_fn="gelu_new", normalization_type="LN", attn_only=False, seed=0,
-    )  # fmt: skip
-    return TransformerBridge.boot_native(cfg).eval()
+    return small_bridge(d_vocab=40)
 
 
 def test_graph_names_and_edges(toy_model, mlp_model) -> None:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from transformer_lens.config import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
 
 from src.models import hooks
 
 
 @pytest.fixture(scope="module")
-def model():
-    cfg = TransformerBridgeConfig(
-        n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=10, d_mlp=32,
-        act_fn="gelu", normalization_type="LN", attn_only=False,
-        positional_embedding_type="standard", seed=0,
-    )  # fmt: skip
-    return TransformerBridge.boot_native(cfg).eval()
+def model(small_bridge):
+    return small_bridge(d_model=16, n_ctx=8, d_head=4, d_vocab=10, d_mlp=32, act_fn="gelu")
 
 
 def test_every_hook_name_exists(model):

@@ -12,10 +12,10 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
+from scripts.tl_reference import TL_FUNCTIONS, TL_SPECS, pattern_z_cache
 from src.analysis import forward, patch_engine
 from src.analysis.forward import patches_per_forward
 from src.analysis.metrics import bind_metric, normalize
-from src.analysis.patch_engine import pattern_times_values
 from src.analysis.patching import activation_patch, activation_patch_all
 from src.data.induction import make_induction_dataset
 from src.models.hooks import COMPONENTS
@@ -25,54 +25,13 @@ TOY_COMPONENTS = [c for c in COMPONENTS if c != "mlp_out"]
 BENCHMARK = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_patching.py"
 
 
-def _whole(corrupted, index, clean):
-    return clean.clone()
-
-
-def _z_by_dest(corrupted, index, clean):
-    layer, head, dest = index
-    corrupted[:, dest, head] = clean[:, dest, head]
-    return corrupted
-
-
-# (component, per_position) -> (TL activation, patch setter, TL index axes); the named TL
-# functions are these partials of generic_activation_patch.
-TL_SPECS = {
-    ("resid_pre", False): ("resid_pre", _whole, ("layer",)),
-    ("attn_out", False): ("attn_out", _whole, ("layer",)),
-    ("mlp_out", False): ("mlp_out", _whole, ("layer",)),
-    **{
-        (component, True): (component, tlp.layer_pos_patch_setter, ("layer", "pos"))
-        for component in ("resid_pre", "attn_out", "mlp_out")
-    },
-    **{
-        (component, False): (tl, tlp.layer_head_vector_patch_setter, ("layer", "head"))
-        for component, tl in (("head_out", "z"), ("q", "q"), ("k", "k"), ("v", "v"))
-    },
-    **{
-        (component, True): (tl, tlp.layer_pos_head_vector_patch_setter, ("layer", "pos", "head"))
-        for component, tl in (("head_out", "z"), ("q", "q"), ("k", "k"), ("v", "v"))
-    },
-    # hook_pattern is a no-op on native bridges: the TL reference patches hook_z with
-    # (clean pattern @ corrupted values), as a pattern patch does in HookedTransformer
-    ("pattern", False): ("z", tlp.layer_head_vector_patch_setter, ("layer", "head")),
-    ("pattern", True): ("z", _z_by_dest, ("layer", "head_index", "dest_pos")),
-}
-
-
 def tl_reference(model, clean, corrupted, metric, component, per_position):
     """TL's one-forward-per-index result (`generic_activation_patch`) in our layout."""
     with torch.no_grad():
         _, cache = model.run_with_cache(clean)
         if component == "pattern":
             _, corrupted_cache = model.run_with_cache(corrupted)
-            cache = {
-                f"blocks.{layer}.attn.hook_z": pattern_times_values(
-                    cache[f"blocks.{layer}.attn.hook_pattern"],
-                    corrupted_cache[f"blocks.{layer}.attn.hook_v"],
-                )
-                for layer in range(model.cfg.n_layers)
-            }
+            cache = pattern_z_cache(model, cache, corrupted_cache)
         name, setter, axes = TL_SPECS[(component, per_position)]
         return tlp.generic_activation_patch(
             model, corrupted, cache, metric, setter, name, index_axis_names=axes
@@ -97,45 +56,16 @@ def toy_refs(toy_model, toy_data, toy_metric):
     def get(component, per_position):
         key = (component, per_position)
         if key not in refs:
-            refs[key] = tl_reference(
-                toy_model,
-                toy_data.clean_tokens,
-                toy_data.corrupted_tokens,
-                toy_metric,
-                component,
-                per_position,
-            )
+            inputs = (toy_data.clean_tokens, toy_data.corrupted_tokens, toy_metric)
+            refs[key] = tl_reference(toy_model, *inputs, component, per_position)
         return refs[key]
 
     return get
 
 
-def small_native_model(**overrides):
-    """A small random-init native bridge with MLPs (the toy is attention-only)."""
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    fields = {
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 4,
-        "d_head": 8,
-        "d_mlp": 64,
-        "d_vocab": 50,
-        "n_ctx": 16,
-        "act_fn": "gelu_new",
-        "normalization_type": "LN",
-        "attn_only": False,
-        "positional_embedding_type": "standard",
-        "seed": 0,
-    }
-    cfg = TransformerBridgeConfig(**(fields | overrides))
-    return TransformerBridge.boot_native(cfg, device="cpu").eval()
-
-
 @pytest.fixture(scope="module")
-def mlp_model():
-    return small_native_model()
+def mlp_model(small_bridge):
+    return small_bridge()
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +79,10 @@ def mlp_data():
 
 
 def test_references_are_the_named_transformer_lens_functions():
-    """The TL references above are the partials behind TL's named functions."""
-    named = runpy.run_path(str(BENCHMARK))["TL_FUNCTIONS"]  # the benchmark's table
-    assert len(named) == 11
-    for key, name in named.items():
+    """The TL references (scripts/tl_reference.py) are the partials behind TL's named
+    functions."""
+    assert len(TL_FUNCTIONS) == 11
+    for key, name in TL_FUNCTIONS.items():
         activation, setter, axes = TL_SPECS[key]
         assert getattr(tlp, name).keywords == {
             "patch_setter": setter,
@@ -166,14 +96,8 @@ def test_references_are_the_named_transformer_lens_functions():
 def test_toy_matches_transformer_lens(
     toy_model, toy_data, toy_metric, toy_refs, component, per_position
 ):
-    ours = activation_patch(
-        toy_model,
-        toy_data.clean_tokens,
-        toy_data.corrupted_tokens,
-        toy_metric,
-        component,
-        per_position,
-    )
+    inputs = (toy_data.clean_tokens, toy_data.corrupted_tokens, toy_metric)
+    ours = activation_patch(toy_model, *inputs, component, per_position)
     ref = toy_refs(component, per_position)
     assert ours.shape == ref.shape
     assert ours.dtype == torch.float32 and not ours.isnan().any()
@@ -193,9 +117,11 @@ def test_model_with_mlps_matches_transformer_lens(mlp_model, mlp_data, component
 @pytest.mark.parametrize(
     ("component", "per_position"), [("k", True), ("v", False), ("q", True), ("pattern", True)]
 )
-def test_grouped_query_rotary_model_matches_transformer_lens(mlp_data, component, per_position):
+def test_grouped_query_rotary_model_matches_transformer_lens(
+    small_bridge, mlp_data, component, per_position
+):
     """Two key/value heads shared by four query heads, rotary positions, RMSNorm."""
-    model = small_native_model(
+    model = small_bridge(
         n_key_value_heads=2,
         positional_embedding_type="rotary",
         normalization_type="RMS",

@@ -85,20 +85,26 @@ def test_toy_induction_end_to_end(
     assert results["clean_accuracy"] > 0.9 and results["corrupted_accuracy"] < 0.1
 
 
+def refused(tmp_path: Path, config: dict, capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
+    """Run the script on ``config`` (written to a file): it exits with 2 and writes no
+    results. Returns the file and the last line of stderr."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    main = runpy.run_path(str(SCRIPT))["main"]
+    assert (
+        main(["--config", str(bad), "--device", "cpu", "--results-dir", str(tmp_path / "r")]) == 2
+    )
+    assert not (tmp_path / "r").exists()
+    return bad, capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_dataset_error_is_one_line(
     tmp_path: Path, toy_model: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     toy = yaml.safe_load((ROOT / "configs" / "toy_induction.yaml").read_text())
     toy["data"]["seq_length"] = 40
-    bad = tmp_path / "long.yaml"
-    bad.write_text(yaml.safe_dump(toy))
-    main = runpy.run_path(str(SCRIPT))["main"]
-    assert (
-        main(["--config", str(bad), "--device", "cpu", "--results-dir", str(tmp_path / "r")]) == 2
-    )
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    bad, err = refused(tmp_path, toy, capsys)
     assert err == f"error: {bad}: seq_length 40 exceeds the model's context n_ctx=32"
-    assert not (tmp_path / "r").exists()
 
 
 def run_config(main, config: str, tmp_path: Path) -> dict:
@@ -150,12 +156,5 @@ def test_head_out_of_range_fails_before_running(
 ) -> None:
     config = yaml.safe_load((ROOT / "configs" / "toy_induction_patching.yaml").read_text())
     config["patching"]["heads"] = [0, 7]
-    bad = tmp_path / "heads.yaml"
-    bad.write_text(yaml.safe_dump(config))
-    main = runpy.run_path(str(SCRIPT))["main"]
-    assert (
-        main(["--config", str(bad), "--device", "cpu", "--results-dir", str(tmp_path / "r")]) == 2
-    )
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    bad, err = refused(tmp_path, config, capsys)
     assert err == f"error: {bad}: patching.heads[1]: head 7 is out of range for this model (0..3)"
-    assert not (tmp_path / "r").exists()

@@ -12,14 +12,14 @@ import pytest
 import torch
 from sae_lens import SAE, JumpReLUSAE, StandardSAE, StandardSAEConfig
 
+from src.analysis.sae import evaluate_sae
 from src.data.activation_cache import CacheError, cache_activations, open_cache
+from src.data.cached import ensure_cache
 from src.experiments.registry import load_config
 from src.experiments.sae_training import (
     ARCHITECTURES,
     build_sae,
     dataset_tokens,
-    ensure_cache,
-    evaluate_sae,
     heldout_tokens,
     run_sae_training,
     save_sae,

@@ -242,7 +242,8 @@ def decoder_logits(
     """``norm(W_dec[features]) @ W_U``: ``[len(features), d_vocab]``, float32 on the CPU.
 
     ``W_dec`` is the SAE's ``[d_sae, d_in]`` (d_in = d_model: an SAE on the residual
-    stream), ``W_U`` the model's ``[d_model, d_vocab]``; ``norm`` e.g. ``src.analysis.norms.final_norm_linear``.
+    stream), ``W_U`` the model's ``[d_model, d_vocab]``; ``norm`` e.g.
+    ``src.analysis.norms.final_norm_linear``.
     """
     if W_dec.shape[1] != W_U.shape[0]:
         raise ValueError(

@@ -243,7 +243,7 @@ class _CaptureDone(Exception):
 
 class _Capture:
     """Forward hooks at ``names`` that keep the activations and stop the forward once all
-    have fired (as in ``src.experiments.patching``); only these hooks are removed at exit."""
+    have fired (as in ``src.analysis.forward``); only these hooks are removed at exit."""
 
     def __init__(self, points: dict[str, Any], names: list[str]) -> None:
         self.points, self.names, self.store = points, names, {}

@@ -14,10 +14,8 @@ from src.analysis.patching import activation_patch
 from src.data.dataset import ContrastDataset
 from src.experiments.common import Sweep
 from src.experiments.registry import ExperimentKind
-from src.models.hooks import COMPONENTS, result_axes
+from src.models.hooks import result_axes
 from src.utils.config import SweepConfig
-
-__all__ = ["COMPONENTS", "run_patching_experiment"]  # COMPONENTS: what the section may name
 
 
 class PatchingConfig(SweepConfig):

@@ -13,7 +13,8 @@
    ``SAETrainer`` on shuffled batches of the training cache, looping over it as needed.
 3. Saves it in SAELens's format (``<results_dir>/sae/``, loadable with
    ``sae_lens.SAE.load_from_disk``), loads it back and evaluates what was saved on the
-   held-out cache (``evaluate_sae``): L0, explained variance, dead-latent fraction, MSE.
+   held-out cache (``src.analysis.sae.evaluate_sae``): L0, explained variance, dead-latent
+   fraction, MSE.
 4. Saves what the feature figures show (``feature_report``: density, top contexts, decoder
    directions) as ``features.json`` in the SAE's folder.
 
@@ -28,7 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,12 @@ from sae_lens.config import SAETrainerConfig
 from torch import Tensor
 
 from src.analysis.features import feature_report
-from src.data.activation_cache import (
-    METADATA,
-    ActivationStore,
-    CacheError,
-    cache_activations,
-    cache_name,
-    open_cache,
-)
+from src.analysis.sae import evaluate_sae
+from src.data.activation_cache import ActivationStore, cache_name
+from src.data.cached import ensure_cache
 from src.data.dataset import ContrastDataset
 from src.data.loading import load_dataset
+from src.experiments.registry import ExperimentKind
 from src.models.load import parse_dtype
 from src.utils.config import SAEConfig, SAEDataConfig, SAETrainingConfig, TrainingConfig
 from src.utils.files import write_text_atomic
@@ -171,50 +168,6 @@ def train_sae(
     }
 
 
-@torch.no_grad()
-def evaluate_sae(sae: SAE, batches: Iterable[Tensor]) -> dict[str, float]:
-    """Reconstruction and sparsity of ``sae`` over ``batches`` of activations [n, d_in]:
-
-    - ``l0``: mean number of latents != 0 per token;
-    - ``explained_variance``: 1 - SSE / SST, SST around the mean over all tokens (1: exact,
-      0: no better than predicting the mean);
-    - ``dead_fraction``: fraction of latents that are 0 on every token;
-    - ``mse``: mean squared error per element; ``n_eval_tokens``: tokens seen.
-    """
-    sae.eval()
-    device, dtype = sae.W_dec.device, sae.W_dec.dtype
-    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
-    n, active, sse, sum_sq = 0, 0, 0.0, 0.0
-    total = torch.zeros(d_in, dtype=torch.float64)
-    fired = torch.zeros(d_sae, dtype=torch.bool)
-    for x in batches:
-        if x.ndim != 2 or x.shape[1] != d_in:
-            raise ValueError(f"activations must be [n, d_in={d_in}], got {tuple(x.shape)}")
-        x = x.to(device=device, dtype=dtype)
-        latents = sae.encode(x)
-        recon = sae.decode(latents)
-        nonzero = latents != 0
-        n += x.shape[0]
-        active += int(nonzero.sum())
-        fired |= nonzero.any(0).cpu()
-        sse += float((recon - x).double().pow(2).sum())
-        x64 = x.double().cpu()
-        total += x64.sum(0)
-        sum_sq += float(x64.pow(2).sum())
-    if n == 0:
-        raise ValueError("no activations to evaluate the SAE on")
-    sst = sum_sq - float(total.pow(2).sum()) / n
-    if sst <= 0:
-        raise ValueError("the activations are constant: explained variance is undefined")
-    return {
-        "l0": active / n,
-        "explained_variance": 1.0 - sse / sst,
-        "dead_fraction": 1.0 - float(fired.float().mean()),
-        "mse": sse / (n * d_in),
-        "n_eval_tokens": n,
-    }
-
-
 def save_sae(sae: TrainingSAE, path: str | Path) -> Path:
     """Save ``sae``'s inference form (what ``SAE.load_from_disk(path)`` returns; BatchTopK
     becomes JumpReLU) to the folder ``path``, replacing what is there; return ``path``.
@@ -264,53 +217,6 @@ def heldout_tokens(model: Any, data: SAEDataConfig, train_tokens: Tensor) -> Ten
     return candidates[keep[:n_seq]]
 
 
-def ensure_cache(
-    model: Any,
-    out_dir: Path,
-    hook_name: str,
-    make_tokens: Callable[[], Tensor],
-    metadata: dict[str, Any],
-    *,
-    batch_size: int = 32,
-    dtype: torch.dtype | None = None,
-    progress: bool = False,
-) -> ActivationStore:
-    """The cache in ``out_dir`` of ``hook_name``, made from ``make_tokens()`` first if it is
-    missing or incomplete (which resumes). ``metadata`` (model, dataset, seed, ...) is
-    stored with a new cache and must match an existing one: else CacheError names the field.
-    """
-    if not _is_complete(out_dir):
-        meta = dict(metadata)
-        meta.setdefault("command", "run_sae_training")
-        cache_activations(
-            model,
-            make_tokens(),
-            [hook_name],
-            out_dir,
-            batch_size=batch_size,
-            dtype=dtype,
-            metadata=meta,
-            progress=progress,
-        )
-    expect = {k: v for k, v in metadata.items() if k != "command"}
-    try:
-        return open_cache(out_dir, expect=expect | {"hook_names": [hook_name]})
-    except CacheError as e:
-        raise CacheError(f"{e} (delete the folder to cache again)") from None
-
-
-def _is_complete(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a cache marked complete (unreadable: True, so that
-    ``open_cache`` says what is wrong with it)."""
-    path = out_dir / METADATA
-    if not path.exists():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["complete"] is True
-    except (OSError, ValueError, KeyError, TypeError):
-        return True
-
-
 # --- the whole run ------------------------------------------------------------------------
 
 
@@ -329,7 +235,7 @@ def run_sae_training(
     Raises ValueError (CacheError included) for a hook the model lacks, a dataset that
     cannot be made, or a cache made with other settings.
     """
-    model_name, hook, data = config.model.name, config.hook, config.data
+    hook, data = config.hook, config.data
     n_layers = model.cfg.n_layers
     if hook.layer >= n_layers:
         raise ValueError(
@@ -338,41 +244,7 @@ def run_sae_training(
     if hook.name not in model.hook_dict:
         raise ValueError(f"hook.hook_point: this model has no {hook.name}")
     device = next(model.parameters()).device
-    activations_dir = Path(activations_dir)
-    n_cache_tokens = data.n_tokens or config.training.n_tokens
-    common = {"model": model_name, "dataset": data.dataset}
-    if data.path is not None:
-        common["path"] = data.path
-    options = {
-        "batch_size": data.batch_size,
-        "dtype": parse_dtype(data.dtype) if data.dtype else None,
-        "progress": progress,
-    }
-
-    train_dir = activations_dir / cache_name(model_name, hook.layer, data.dataset, n_cache_tokens)
-    train_meta = common | {"seed": data.seed}
-    if command:
-        train_meta["command"] = command
-    train_store = ensure_cache(
-        model,
-        train_dir,
-        hook.name,
-        lambda: dataset_tokens(model, data, n_cache_tokens, data.seed),
-        train_meta,
-        **options,
-    )
-    eval_meta = common | {"seed": data.seed + HELDOUT_SEED_OFFSET}
-    if command:
-        eval_meta["command"] = command
-    eval_store = ensure_cache(
-        model,
-        train_dir / f"heldout_{data.n_eval_tokens}",
-        hook.name,
-        lambda: heldout_tokens(model, data, train_store.tokens()),
-        eval_meta,
-        **options,
-    )
-
+    train_store, eval_store = _caches(model, config, Path(activations_dir), progress, command)
     d_in = train_store.metadata["d"]
     torch.manual_seed(data.seed)
     sae = build_sae(
@@ -380,7 +252,7 @@ def run_sae_training(
         d_in,
         device=device,
         metadata={
-            "model_name": model_name,
+            "model_name": config.model.name,
             "hook_name": hook.name,
             "context_size": data.context_size,
             "dataset_path": data.path or data.dataset,
@@ -425,6 +297,45 @@ def run_sae_training(
     }
 
 
+def _caches(
+    model: Any,
+    config: SAETrainingConfig,
+    activations_dir: Path,
+    progress: bool,
+    command: str | None,
+) -> tuple[ActivationStore, ActivationStore]:
+    """The training cache and, in its subfolder, the held-out cache (made or reused)."""
+    model_name, hook, data = config.model.name, config.hook, config.data
+    n_cache_tokens = data.n_tokens or config.training.n_tokens
+    common = {"model": model_name, "dataset": data.dataset}
+    if data.path is not None:
+        common["path"] = data.path
+    options = {
+        "batch_size": data.batch_size,
+        "dtype": parse_dtype(data.dtype) if data.dtype else None,
+        "progress": progress,
+    }
+    command_meta = {"command": command} if command else {}
+    train_dir = activations_dir / cache_name(model_name, hook.layer, data.dataset, n_cache_tokens)
+    train_store = ensure_cache(
+        model,
+        train_dir,
+        hook.name,
+        lambda: dataset_tokens(model, data, n_cache_tokens, data.seed),
+        common | {"seed": data.seed} | command_meta,
+        **options,
+    )
+    eval_store = ensure_cache(
+        model,
+        train_dir / f"heldout_{data.n_eval_tokens}",
+        hook.name,
+        lambda: heldout_tokens(model, data, train_store.tokens()),
+        common | {"seed": data.seed + HELDOUT_SEED_OFFSET} | command_meta,
+        **options,
+    )
+    return train_store, eval_store
+
+
 def project_path(path: str | Path) -> str:
     """``path`` relative to the project root when inside it, else absolute."""
     path = Path(path).resolve()
@@ -432,3 +343,14 @@ def project_path(path: str | Path) -> str:
         return str(path.relative_to(PROJECT_ROOT))
     except ValueError:
         return str(path)
+
+
+# Selected by a config's top-level `sae` section (an SAETrainingConfig, not an experiment
+# config) and run by scripts/train_sae.py as run_sae_training(model, config).
+KIND = ExperimentKind(
+    name="sae_training",
+    label="SAE training",
+    run=run_sae_training,
+    figures=("sae_features",),
+    headline="explained_variance",
+)

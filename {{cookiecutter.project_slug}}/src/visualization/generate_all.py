@@ -28,7 +28,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -36,8 +35,6 @@ from tqdm.auto import tqdm
 from src.experiments.registry import get_kind, kinds
 from src.visualization.figures import FIGURES, Unavailable, resolve, show
 
-# SAE training is no registered kind (its config is no experiment section): its figures.
-SAE_TRAINING = SimpleNamespace(name="sae_training", label="SAE training", figures=("sae_features",))
 # How the report names each maker's files.
 WHAT = {
     "effects": "effect figures",
@@ -148,11 +145,7 @@ def _attempt(report: Report, where: str, what: str, make: Callable[[], list[str]
 def draw_log(path: Path, log: dict[str, Any], options: Options, report: Report) -> None:
     """Every figure of one log's kind, each attempted on its own."""
     where, name, results = show(path), log["name"], log["results"]
-    kind_name = log_kind(log)
-    if kind_name == "sae_training" and kind_name not in kinds():
-        kind: Any = SAE_TRAINING
-    else:
-        kind = get_kind(kind_name)
+    kind = get_kind(log_kind(log))
     if not kind.figures:
         report.not_made.append(f"{where}: {kind.name} results are numbers only, no figure")
     draw = {"label": kind.label, "max_heads": options.max_heads, "log_path": path}
