@@ -37,7 +37,7 @@ def extended(bake):
         if target.exists():  # an entry for an existing table
             target.write_text(target.read_text(encoding="utf-8") + "\n" + body, encoding="utf-8")
         else:
-            target.write_text(f"# {path}\n{body}", encoding="utf-8")
+            target.write_text(body, encoding="utf-8")
     return project
 
 
@@ -55,7 +55,9 @@ def test_new_kind_runs_draws_and_is_documented(extended):
     effect = results["components"]["head_out"]["normalized"]["mean"]
     assert min(effect[0]) < 0.9 and min(effect[0]) < min(effect[1]), effect
     row = next(
-        line for line in extended.read("CLAUDE.md").splitlines() if f"`{config}`" in line
+        line
+        for line in extended.read("CLAUDE.md").splitlines()
+        if line.startswith("| ") and f"`{config}`" in line
     )
     assert "Complete" in row and "top_effect=" in row, result.stdout
 
