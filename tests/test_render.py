@@ -174,7 +174,7 @@ def test_git_one_clean_commit(case):
 def test_shipped_configs_validate(case):
     _, project = case
     check = (
-        "import pathlib; from src.utils.config import load_config; "
+        "import pathlib; from src.experiments.registry import load_config; "
         "[load_config(p) for p in sorted(pathlib.Path('configs').glob('*.yaml'))"
         " if p.name != 'project.yaml']"
     )
