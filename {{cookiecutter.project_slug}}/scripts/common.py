@@ -29,6 +29,15 @@ def refresh_docs(written: Path | None, out: TextIO = sys.stdout) -> None:
             print(f"updated {path.relative_to(PROJECT_ROOT)}", file=out)
 
 
+def error_exit(error: Exception, path: Path | str, *, named: type[Exception]) -> int:
+    """Print a user-facing ``error`` as one line on stderr, prefixed by the config ``path``
+    unless it is a ``named`` error (its message names the file already); return 2, the exit
+    status of a usage error."""
+    prefix = "" if isinstance(error, named) else f"{path}: "
+    print(f"error: {prefix}{error}", file=sys.stderr)
+    return 2
+
+
 def load_run_model(cfg: Any) -> Any:
     """Seed the run (``data.seed``) and load the config's model, saying so on stderr."""
     from src.models.load import load_model

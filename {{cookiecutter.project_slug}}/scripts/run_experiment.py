@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import finish_run, load_run_model  # noqa: E402  (puts the project root on sys.path too)
+from common import error_exit, finish_run, load_run_model  # noqa: E402  (puts the project root on sys.path too)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # user-facing errors (unknown or unavailable model, bad dataset) as one line
         model, dataset = load_inputs(cfg, args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, ModelNotAvailableError) as e:
-        print(f"error: {args.config}: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, ModelNotAvailableError) as e:  # ConfigError included
+        return error_exit(e, args.config, named=ConfigError)
     results = run_kind(cfg, model, dataset, args.batch_size)
     wall_time_s = time.perf_counter() - start
 

@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import PROJECT_ROOT, finish_run, load_run_model  # noqa: E402  (puts src on sys.path)
+from common import (  # noqa: E402  (puts the project root on sys.path too)
+    PROJECT_ROOT,
+    error_exit,
+    finish_run,
+    load_run_model,
+)
 
 DEFAULT_CONFIG = Path("configs/sae_training.yaml")
 DEFAULT_TOY_CONFIG = Path("configs/toy_sae_training.yaml")
@@ -129,12 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         results = run_sae_training(model, cfg, progress=True, command=command)
-    except CacheError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, ModelNotAvailableError) as e:
-        print(f"error: {path}: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, ModelNotAvailableError) as e:  # CacheError included
+        return error_exit(e, path, named=CacheError)
     wall_time_s = time.perf_counter() - start
 
     name = f"sae_{cfg.model.name}_{cfg.hook.name}_{cfg.sae.architecture}".replace("/", "-")

@@ -1,6 +1,6 @@
 """Writing activation caches: a model's activations at chosen hook points, stored as
-safetensors shards (the format and the reading side: ``src.data.activation_store``, whose
-public names are importable from here too).
+safetensors shards. The format and the reading side are ``src.data.activation_store``, whose
+public names are importable from here too.
 
 Writing streams: shards are filled one at a time and written by a background thread, so
 memory stays flat however many tokens are cached. Every file is written to a temporary name
