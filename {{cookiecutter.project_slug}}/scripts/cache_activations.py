@@ -17,6 +17,7 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
 from common import refresh_docs  # noqa: E402  (puts the project root on sys.path too)
@@ -148,8 +149,7 @@ def hook_names(model, layer: int, points: str) -> list[str]:
 
 def load_tokens(model, settings: dict):
     """Token ids [n_seq, context] of the dataset (the clean prompts of a contrast dataset)."""
-    from src.data.dataset import ContrastDataset
-    from src.data.loading import load_dataset
+    from src.data.loading import token_chunks
 
     n_seq = settings["n_tokens"] // settings["context_size"]
     if n_seq < 1:
@@ -157,7 +157,7 @@ def load_tokens(model, settings: dict):
             f"--n-tokens {settings['n_tokens']} is less than one sequence "
             f"(--context-size {settings['context_size']})"
         )
-    dataset = load_dataset(
+    return token_chunks(
         settings["dataset"],
         n_seq,
         settings["context_size"],
@@ -165,7 +165,43 @@ def load_tokens(model, settings: dict):
         model=model,
         path=settings["path"],
     )
-    return dataset.clean_tokens if isinstance(dataset, ContrastDataset) else dataset.tokens
+
+
+def load_inputs(settings: dict) -> tuple[Any, list[str], Any]:
+    """The model, the hook names to cache and the token ids, filling in the settings' dataset
+    and context size defaults."""
+    from src.models.load import load_model
+    from src.models.toy import TOY_MODELS
+
+    name = settings["model"]
+    if settings["dataset"] is None:
+        settings["dataset"] = "induction" if name in TOY_MODELS else "text"
+    model = load_model(name, device=settings["device"], dtype=settings["model_dtype"])
+    names = hook_names(model, settings["layer"], settings["hook_point"])
+    if settings["context_size"] is None:
+        settings["context_size"] = min(model.cfg.n_ctx, DEFAULT_CONTEXT)
+    if settings["context_size"] > model.cfg.n_ctx:
+        raise ValueError(
+            f"--context-size {settings['context_size']} exceeds the model's n_ctx={model.cfg.n_ctx}"
+        )
+    try:
+        tokens = load_tokens(model, settings)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--dataset {settings['dataset']}: {e}") from None
+    return model, names, tokens
+
+
+def cache_metadata(settings: dict, command: str) -> dict:
+    """What the cache's metadata.json records of the run besides its tokens and hooks."""
+    metadata = {
+        "model": settings["model"],
+        "dataset": settings["dataset"],
+        "seed": settings["seed"],
+        "command": command,
+    }
+    if settings["path"] is not None:
+        metadata["path"] = str(settings["path"])
+    return metadata
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from src.data.activation_cache import cache_activations, cache_name
-    from src.models.load import ModelNotAvailableError, load_model, parse_dtype
-    from src.models.toy import TOY_MODELS
+    from src.models.load import ModelNotAvailableError, parse_dtype
     from src.utils.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -184,40 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = None
     try:
         settings = resolve_settings(args)
-        name = settings["model"]
-        if settings["dataset"] is None:
-            settings["dataset"] = "induction" if name in TOY_MODELS else "text"
         store_dtype = parse_dtype(settings["dtype"]) if settings["dtype"] else None
-        model = load_model(name, device=settings["device"], dtype=settings["model_dtype"])
-        names = hook_names(model, settings["layer"], settings["hook_point"])
-        if settings["context_size"] is None:
-            settings["context_size"] = min(model.cfg.n_ctx, DEFAULT_CONTEXT)
-        if settings["context_size"] > model.cfg.n_ctx:
-            raise ValueError(
-                f"--context-size {settings['context_size']} exceeds the model's "
-                f"n_ctx={model.cfg.n_ctx}"
-            )
-        try:
-            tokens = load_tokens(model, settings)
-        except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"--dataset {settings['dataset']}: {e}") from None
+        model, names, tokens = load_inputs(settings)
         out_dir = args.out_dir or Path("data/activations") / cache_name(
-            name, settings["layer"], settings["dataset"], settings["n_tokens"]
+            settings["model"], settings["layer"], settings["dataset"], settings["n_tokens"]
         )
         device = next(model.parameters()).device
         print(
-            f"caching {tokens.numel()} tokens of {name} at {', '.join(names)} on {device} "
-            f"into {out_dir}",
+            f"caching {tokens.numel()} tokens of {settings['model']} at {', '.join(names)} "
+            f"on {device} into {out_dir}",
             file=sys.stderr,
         )
-        metadata = {
-            "model": name,
-            "dataset": settings["dataset"],
-            "seed": settings["seed"],
-            "command": command,
-        }
-        if settings["path"] is not None:
-            metadata["path"] = str(settings["path"])
         with torch.no_grad():
             cache_activations(
                 model,
@@ -227,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 dtype=store_dtype,
                 shard_tokens=args.shard_tokens,
-                metadata=metadata,
+                metadata=cache_metadata(settings, command),
                 progress=True,
             )
     except (ConfigError, ValueError, OSError, ModelNotAvailableError) as e:

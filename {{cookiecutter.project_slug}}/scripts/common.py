@@ -1,4 +1,5 @@
-"""Shared by the scripts: ``src`` importable however a script is run, and the end of a run.
+"""Shared by the scripts: ``src`` importable however a script is run, a run's model, and
+the end of a run.
 
 A script imports it first (``from common import PROJECT_ROOT, finish_run``; the script's own
 folder is on ``sys.path`` when it runs). The end of a run is the same for every script that
@@ -26,6 +27,25 @@ def refresh_docs(written: Path | None, out: TextIO = sys.stdout) -> None:
     if written is not None and Path(written).exists():
         for path in update_docs.refresh_after(written, PROJECT_ROOT):
             print(f"updated {path.relative_to(PROJECT_ROOT)}", file=out)
+
+
+def error_exit(error: Exception, path: Path | str, *, named: type[Exception]) -> int:
+    """Print a user-facing ``error`` as one line on stderr, prefixed by the config ``path``
+    unless it is a ``named`` error (its message names the file already); return 2, the exit
+    status of a usage error."""
+    prefix = "" if isinstance(error, named) else f"{path}: "
+    print(f"error: {prefix}{error}", file=sys.stderr)
+    return 2
+
+
+def load_run_model(cfg: Any) -> Any:
+    """Seed the run (``data.seed``) and load the config's model, saying so on stderr."""
+    from src.models.load import load_model
+    from src.utils.seed import set_seed
+
+    set_seed(cfg.data.seed)
+    print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
+    return load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
 
 
 def finish_run(

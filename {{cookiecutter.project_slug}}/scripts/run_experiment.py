@@ -14,9 +14,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import finish_run  # noqa: E402  (puts the project root on sys.path too)
+from common import error_exit, finish_run, load_run_model  # noqa: E402  (puts the project root on sys.path too)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,62 +39,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from src.experiments.registry import get_kind, load_config
-    from src.utils.config import ConfigError, ExperimentConfig, check_model_fit, config_to_dict
+def load_run_config(args: argparse.Namespace) -> Any:
+    """The experiment config of ``--config`` with the command line's overrides; ConfigError
+    for an invalid one or an SAE training config."""
+    from src.experiments.registry import load_config
+    from src.utils.config import ConfigError, ExperimentConfig
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config)
     if not isinstance(cfg, ExperimentConfig):
-        print(
-            f"error: {args.config}: an SAE training config; use scripts/train_sae.py",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError(f"{args.config}: an SAE training config; use scripts/train_sae.py")
     if args.device:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": args.device})})
     for key in ("results_dir", "figures_dir"):
         if getattr(args, key):
             output = cfg.output.model_copy(update={key: str(getattr(args, key))})
             cfg = cfg.model_copy(update={"output": output})
+    return cfg
 
-    start = time.perf_counter()
-    from src.data.loading import load_dataset
-    from src.models.load import ModelNotAvailableError, load_model
-    from src.utils.seed import set_seed
+
+def load_inputs(cfg: Any, config_path: Path) -> tuple[Any, Any]:
+    """The run's model (checked against the config) and dataset."""
+    from src.data.loading import config_dataset
+    from src.utils.config import check_model_fit
+
+    model = load_run_model(cfg)
+    mc = model.cfg
+    check_model_fit(
+        cfg, config_path, n_layers=mc.n_layers, n_heads=mc.n_heads, attn_only=mc.attn_only
+    )
+    return model, config_dataset(cfg.data, model)
+
+
+def run_kind(cfg: Any, model: Any, dataset: Any, batch_size: int) -> dict[str, Any]:
+    """Run the config's experiment kind and draw its figures (when ``output.figures``)."""
+    from src.experiments.registry import get_kind
 
     kind = get_kind(cfg.kind)
-
-    set_seed(cfg.data.seed)
-    print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
-    data = cfg.data
-    try:  # user-facing errors (unknown or unavailable model, bad dataset) as one line
-        model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-        mc = model.cfg
-        check_model_fit(
-            cfg, args.config, n_layers=mc.n_layers, n_heads=mc.n_heads, attn_only=mc.attn_only
-        )
-        dataset = load_dataset(
-            data.dataset,
-            data.n_samples,
-            data.seq_length,
-            data.seed,
-            model=model,
-            path=data.path,
-            corruption=data.corruption,
-        )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, ModelNotAvailableError) as e:
-        print(f"error: {args.config}: {e}", file=sys.stderr)
-        return 2
     print(f"running {cfg.kind} on {len(dataset)} x {dataset.seq_length} tokens", file=sys.stderr)
-    results = kind.run(model, dataset, cfg, batch_size=args.batch_size, progress=True)
+    results = kind.run(model, dataset, cfg, batch_size=batch_size, progress=True)
     results = {"kind": kind.name, "headline": kind.headline, **results}
     if cfg.output.figures and kind.figures:
         from src.visualization.figures import draw_figures
@@ -101,6 +84,26 @@ def main(argv: list[str] | None = None) -> int:
         results["figures"] = draw_figures(
             kind.figures, cfg.experiment.name, results, cfg.output.figures_dir, label=kind.label
         )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from src.utils.config import ConfigError, config_to_dict
+
+    try:
+        cfg = load_run_config(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    from src.models.load import ModelNotAvailableError
+
+    try:  # user-facing errors (unknown or unavailable model, bad dataset) as one line
+        model, dataset = load_inputs(cfg, args.config)
+    except (ValueError, OSError, ModelNotAvailableError) as e:  # ConfigError included
+        return error_exit(e, args.config, named=ConfigError)
+    results = run_kind(cfg, model, dataset, args.batch_size)
     wall_time_s = time.perf_counter() - start
 
     finish_run(

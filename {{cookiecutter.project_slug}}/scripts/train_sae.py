@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import PROJECT_ROOT, finish_run  # noqa: E402  (puts the project root on sys.path too)
+from common import (  # noqa: E402  (puts the project root on sys.path too)
+    PROJECT_ROOT,
+    error_exit,
+    finish_run,
+    load_run_model,
+)
 
 DEFAULT_CONFIG = Path("configs/sae_training.yaml")
 DEFAULT_TOY_CONFIG = Path("configs/toy_sae_training.yaml")
@@ -54,14 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="model.device: cpu, cuda, mps or auto")
     parser.add_argument("--results-dir", type=Path, help="output.results_dir")
     parser.add_argument("--notes", default="", help="free-text notes stored in the log")
-{%- if cookiecutter.experiment_tracking == "wandb" %}
-    parser.add_argument(
-        "--wandb",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also log the run to Weights & Biases (default: yes)",
-    )
-{%- endif %}
     return parser.parse_args(argv)
 
 
@@ -127,25 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     from src.data.activation_cache import CacheError
     from src.experiments.sae_training import run_sae_training
-    from src.models.load import ModelNotAvailableError, load_model
-    from src.utils.seed import set_seed
+    from src.models.load import ModelNotAvailableError
 
-    set_seed(cfg.data.seed)
-    print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
     try:
-        model = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        model = load_run_model(cfg)
         print(
             f"training a {cfg.sae.architecture} SAE on {cfg.hook.name} "
             f"({cfg.training.n_tokens} tokens)",
             file=sys.stderr,
         )
         results = run_sae_training(model, cfg, progress=True, command=command)
-    except CacheError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, ModelNotAvailableError) as e:
-        print(f"error: {path}: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, ModelNotAvailableError) as e:  # CacheError included
+        return error_exit(e, path, named=CacheError)
     wall_time_s = time.perf_counter() - start
 
     name = f"sae_{cfg.model.name}_{cfg.hook.name}_{cfg.sae.architecture}".replace("/", "-")
@@ -159,9 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         title=name,
         keys=HEADLINE,
         extra=[f"sae: {results['sae_path']}"],
-{%- if cookiecutter.experiment_tracking == "wandb" %}
-        use_wandb=args.wandb,
-{%- endif %}
     )
     return 0
 

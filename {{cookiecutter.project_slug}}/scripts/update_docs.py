@@ -2,8 +2,8 @@
 
 Sections sit between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`
 markers; text outside the markers is never touched. Standard library and
-pyyaml only (with `src/models/families.py`, which is too), so the project
-generator's hook can run it before any install.
+pyyaml only (with `scripts/docs_*.py` and `src/models/families.py`, which are too),
+so the project generator's hook can run it before any install.
 
     python scripts/update_docs.py          # rewrite in place
     python scripts/update_docs.py --check  # exit 1 if a section is stale
@@ -21,95 +21,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `src`, for the family table's reader, however this is run
-    sys.path.insert(0, str(ROOT))
-DOCS = ("CLAUDE.md", "AGENTS.md")
-# The main model and compute (answers at generation), from which the compute section is derived.
-PROJECT_FILE = "configs/project.yaml"
-FAMILIES_FILE = "src/models/families.yaml"
-CACHE_SEQ_LEN = 128  # sequence length of the compute section's activation-cache estimates
+# `src` (the family table's reader) and this folder (docs_*), however this is run
+for _folder in (ROOT, ROOT / "scripts"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+from docs_compute import PROJECT_FILE, compute  # noqa: E402
+from docs_tables import COMMANDS, FOLDERS, KEY_FILE_GROUPS  # noqa: E402
 
-KEY_FILE_GROUPS = {
-    "Models and Data": ["src/models/*.py", "src/data/*.py"],
-    "Experiments and Analysis": [
-        "src/experiments/*.py",
-        "src/analysis/*.py",
-        "src/visualization/*.py",
-        "src/utils/*.py",
-    ],
-    "Scripts and Configs": ["scripts/*.py", "configs/*.yaml"],
-    "Notebooks": ["notebooks/*.ipynb"],
-}
-FOLDERS = {
-    "data/activations/": "Cached activations (shards git-ignored; metadata JSON tracked)",
-    "data/datasets/": "Evaluation datasets (local files)",
-    "data/models/": "Trained toy models (git-ignored cache; retrained when missing)",
-}
-# (comment, command, file that must exist for the command to be listed). Every command runs
-# offline on the toy model (tests/test_commands.py runs each one); pretrained variants are
-# in the comments.
-COMMANDS = [
-    (
-        "Baseline on the toy model (offline, no downloads)",
-        "python scripts/run_experiment.py --config configs/toy_induction.yaml",
-        "configs/toy_induction.yaml",
-    ),
-    (
-        "Activation patching: which heads carry the induction answer? "
-        "(gpt2-small IOI, downloads its weights: --config configs/gpt2_small.yaml)",
-        "python scripts/run_experiment.py --config configs/toy_induction_patching.yaml",
-        "configs/toy_induction_patching.yaml",
-    ),
-    (
-        "Attribution patching (checked against activation patching) and direct logit attribution",
-        "python scripts/run_experiment.py --config configs/toy_induction_attribution.yaml",
-        "configs/toy_induction_attribution.yaml",
-    ),
-    (
-        "Circuit discovery (EAP-IG) with a faithfulness check",
-        "python scripts/run_experiment.py --config configs/toy_induction_circuit.yaml",
-        "configs/toy_induction_circuit.yaml",
-    ),
-    (
-        "Cache activations to data/activations/ (resumes if interrupted; "
-        "gpt2-small: --model gpt2-small --layer 8 --dataset text --path FILE)",
-        "python scripts/cache_activations.py --model toy-induction --layer 0 "
-        "--dataset induction --n-tokens 32768",
-        "scripts/cache_activations.py",
-    ),
-    (
-        "Train an SAE (configs/toy_sae_training.yaml; gpt2-small: --model gpt2-small --layer 8)",
-        "python scripts/train_sae.py --model toy-induction --layer 0",
-        "scripts/train_sae.py",
-    ),
-    (
-        "Rebuild every figure from data/results/ into notebooks/figures/",
-        "python -m src.visualization.generate_all",
-        "src/visualization/generate_all.py",
-    ),
-    (
-        "Time the fast activation patching against transformer_lens.patching "
-        "(--model both adds a GPT-2-sized model)",
-        "python scripts/benchmark_patching.py --model toy",
-        "scripts/benchmark_patching.py",
-    ),
-    (
-        "Time activation caching against a bare forward, and its peak memory at two sizes",
-        "python scripts/benchmark_caching.py --model toy",
-        "scripts/benchmark_caching.py",
-    ),
-    (
-        "Refresh the generated sections of CLAUDE.md and AGENTS.md",
-        "python scripts/update_docs.py",
-        "scripts/update_docs.py",
-    ),
-    ("Run tests (fast suite; add `-m slow` for the heavy ones)", "pytest", "tests"),
-    (
-        "Lint, format and strip notebooks as the commit hook does",
-        "pre-commit run --all-files",
-        ".pre-commit-config.yaml",
-    ),
-]
+DOCS = ("CLAUDE.md", "AGENTS.md")
 
 
 def first_sentence(text: str) -> str:
@@ -292,54 +211,6 @@ def shared_resources(root: Path) -> str:
     lines += ["", "### Results"]
     lines += [f"- `{p.relative_to(root).as_posix()}`" for p in results] or ["- None yet"]
     return "\n".join(lines)
-
-
-def _memory(model: str, gpu_gb: float, weights_gb: float, seq: int, gb_per_1k: float) -> str:
-    """What the GPU holds: the float32 weights, and how many tokens of full cache beside them."""
-    free_gb = gpu_gb - weights_gb
-    if free_gb <= 0:
-        return (
-            f"{gpu_gb:g} GB cannot hold `{model}`'s {weights_gb:.1f} GB of float32 weights: "
-            f"use dtype bfloat16 ({weights_gb / 2:.1f} GB) or a larger GPU"
-        )
-    tokens = int(free_gb * 0.8 / gb_per_1k * 1000)
-    return (
-        f"{gpu_gb:g} GB holds `{model}`'s {weights_gb:.2g} GB of float32 weights and a full "
-        f"activation cache of about {tokens:,} tokens (batch of ~{max(tokens // seq, 1):,} "
-        f"prompts of {seq} tokens) in the remaining memory, keeping 20% headroom"
-    )
-
-
-def compute(root: Path) -> str:
-    """Compute Resources: the GPU of configs/project.yaml, and what a full activation cache of
-    its main model costs there (dimensions from src/models/families.yaml)."""
-    from src.models.families import family
-
-    try:
-        project = yaml.safe_load((root / PROJECT_FILE).read_text(encoding="utf-8"))
-        model, gpu_gb = str(project["model"]), float(project["gpu_memory_gb"])
-        if not 0 < gpu_gb < float("inf"):
-            raise ValueError(f"gpu_memory_gb={gpu_gb:g} is not a positive number")
-        # a JSON-escaped answer holds characters beyond U+FFFF as surrogate pairs: join them
-        where = str(project["compute"]).encode("utf-16", "surrogatepass").decode("utf-16")
-        m = family(model, root / FAMILIES_FILE)
-    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError) as error:
-        return (
-            f"- Not derived: `{PROJECT_FILE}` needs `model` (a family of `{FAMILIES_FILE}`), "
-            f"`compute` and `gpu_memory_gb` ({error})."
-        )
-    seq = min(CACHE_SEQ_LEN, m.n_ctx)
-    gb_per_1k = m.cache_floats_per_token(seq) * 4 * 1000 / 1e9
-    return "\n".join(
-        [
-            f"- **GPU**: {where} ({gpu_gb:g} GB)",
-            f"- **Memory constraints**: {_memory(model, gpu_gb, m.weights_gb(), seq, gb_per_1k)}. "
-            "Cache only the hooks you need (`names_filter`) to go further.",
-            f"- **Activation caching**: a full cache for `{model}` uses ~{gb_per_1k:.3g} GB per 1k "
-            f"tokens at sequence length {seq} (float32; attention patterns grow with seq^2); "
-            f"one residual-stream hook uses {m.d_model * 4 * 1000 / 1e6:.2g} MB per 1k tokens.",
-        ]
-    )
 
 
 SECTIONS = {

@@ -18,7 +18,7 @@ from src.analysis.attention import head_effects
 from src.analysis.features import feature_report
 from src.analysis.norms import final_norm_linear
 from src.data.activation_cache import cache_activations, open_cache
-from src.data.loading import load_dataset
+from src.data.loading import config_dataset, load_dataset
 from src.experiments.registry import get_kind, load_config
 from src.utils.config import config_to_dict
 from src.utils.tracking import log_experiment
@@ -45,15 +45,7 @@ def run_config(model, config_file: str, results_dir: Path, figures_dir: Path) ->
     if cfg.kind == "patching":
         section = cfg.patching.model_copy(update={"components": ("head_out",)})
         cfg = cfg.model_copy(update={"patching": section})
-    data = cfg.data
-    dataset = load_dataset(
-        data.dataset,
-        data.n_samples,
-        data.seq_length,
-        data.seed,
-        model=model,
-        corruption=data.corruption,
-    )
+    dataset = config_dataset(cfg.data, model)
     kind = get_kind(cfg.kind)
     results = kind.run(model, dataset, cfg)
     name = cfg.experiment.name

@@ -44,22 +44,14 @@ def test_sections_filled_and_hand_written_text_kept(project: Path):
 
 def test_experiment_status_follows_the_logs(project: Path):
     update_docs.update(project)
-    row = next(
-        line
-        for line in (project / "CLAUDE.md").read_text().splitlines()
-        if line.startswith("|") and "`configs/toy_induction.yaml`" in line
-    )
+    row = _status_row(project, "toy_induction.yaml")
     assert "Not started" in row
     name = row.split("|")[1].strip()
     log = {"name": name, "timestamp": "2026-01-02T03:04:05", "results": {"clean_logit_diff": 4.25}}
     (project / "data" / "results" / f"{name}_20260102_030405.json").write_text(json.dumps(log))
     assert update_docs.main(["--root", str(project), "--check"]) == 1  # now stale
     update_docs.update(project)
-    row = next(
-        line
-        for line in (project / "CLAUDE.md").read_text().splitlines()
-        if line.startswith("|") and "`configs/toy_induction.yaml`" in line
-    )
+    row = _status_row(project, "toy_induction.yaml")
     assert "Complete (2026-01-02)" in row and "clean_logit_diff=4.25" in row
 
 
@@ -157,12 +149,15 @@ def test_sae_config_status_follows_its_results_folder(project: Path):
     }
     (project / "data" / "results" / "run.json").write_text(json.dumps(log))
     update_docs.update(project)
-    row = next(
-        line
-        for line in (project / "CLAUDE.md").read_text().splitlines()
-        if line.startswith("|") and "`configs/toy_sae_training.yaml`" in line
-    )
+    row = _status_row(project, "toy_sae_training.yaml")
     assert "Complete (2026-03-04)" in row and "explained_variance=0.99 l0=4" in row
+
+
+def _status_row(project: Path, config: str) -> str:
+    """The row of CLAUDE.md's experiment status table for ``configs/<config>``."""
+    text = (project / "CLAUDE.md").read_text()
+    cell = f"`configs/{config}`"
+    return next(line for line in text.splitlines() if line.startswith("|") and cell in line)
 
 
 def _compute_section(project: Path) -> str:

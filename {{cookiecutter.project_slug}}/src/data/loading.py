@@ -1,10 +1,13 @@
-"""``load_dataset``: one entry point for every dataset, by name (see ``DATASETS``)."""
+"""``load_dataset``: one entry point for every dataset, by name (see ``DATASETS``); the
+dataset of a config's ``data`` section; the token ids an activation cache stores."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
 
 from src.data.dataset import ContrastDataset, TokenDataset
 from src.data.induction import make_induction_dataset
@@ -12,7 +15,11 @@ from src.data.ioi import make_ioi_dataset
 from src.data.text import make_text_dataset
 from src.models.load import bos_token_id
 
+if TYPE_CHECKING:
+    from src.utils.config import DataConfig, SAEDataConfig
+
 Dataset = ContrastDataset | TokenDataset
+HELDOUT_SEED_OFFSET = 1_000_000  # held-out prompts use seed + this (and skip training ones)
 
 
 def _induction(
@@ -92,3 +99,50 @@ def load_dataset(
             f"seq_length {seq_length} exceeds the model's context n_ctx={model.cfg.n_ctx}"
         )
     return DATASETS[name](n_samples, seq_length, seed, model, path, corruption)
+
+
+def config_dataset(data: DataConfig, model: Any) -> Dataset:
+    """The dataset an experiment config's ``data`` section describes, for ``model``."""
+    return load_dataset(
+        data.dataset,
+        data.n_samples,
+        data.seq_length,
+        data.seed,
+        model=model,
+        path=data.path,
+        corruption=data.corruption,
+    )
+
+
+def token_chunks(
+    name: str,
+    n_seq: int,
+    context_size: int,
+    seed: int,
+    *,
+    model: Any,
+    path: str | Path | None = None,
+) -> Tensor:
+    """Token ids [n_seq, context_size] of dataset ``name`` (the clean prompts of a contrast
+    dataset): what an activation cache stores."""
+    dataset = load_dataset(name, n_seq, context_size, seed, model=model, path=path)
+    return dataset.clean_tokens if isinstance(dataset, ContrastDataset) else dataset.tokens
+
+
+def dataset_tokens(model: Any, data: SAEDataConfig, n_tokens: int, seed: int) -> Tensor:
+    """Token ids [n_tokens // context_size, context_size] of an SAE config's dataset, as
+    ``scripts/cache_activations.py`` makes them."""
+    n_seq = n_tokens // data.context_size
+    return token_chunks(data.dataset, n_seq, data.context_size, seed, model=model, path=data.path)
+
+
+def heldout_tokens(model: Any, data: SAEDataConfig, train_tokens: Tensor) -> Tensor:
+    """``data.n_eval_tokens // context_size`` prompts drawn with another seed, none of them
+    in ``train_tokens``. Draws as many candidates as there are prompts in both, so that even
+    when every training prompt comes up again, enough new ones are left."""
+    n_seq = data.n_eval_tokens // data.context_size
+    n_candidates = (n_seq + len(train_tokens)) * data.context_size
+    candidates = dataset_tokens(model, data, n_candidates, data.seed + HELDOUT_SEED_OFFSET)
+    seen = {row.numpy().tobytes() for row in train_tokens}
+    keep = [i for i, row in enumerate(candidates) if row.numpy().tobytes() not in seen]
+    return candidates[keep[:n_seq]]

@@ -55,16 +55,13 @@ from src.analysis.features import feature_report
 from src.analysis.sae import evaluate_sae
 from src.data.activation_cache import ActivationStore, cache_name
 from src.data.cached import ensure_cache
-from src.data.dataset import ContrastDataset
-from src.data.loading import load_dataset
+from src.data.loading import HELDOUT_SEED_OFFSET, dataset_tokens, heldout_tokens
 from src.experiments.registry import ExperimentKind
 from src.models.load import parse_dtype
-from src.utils.config import SAEConfig, SAEDataConfig, SAETrainingConfig, TrainingConfig
-from src.utils.files import write_text_atomic
+from src.utils.config import SAEConfig, SAETrainingConfig, TrainingConfig
+from src.utils.files import project_path, write_text_atomic
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ACTIVATIONS_DIR = Path("data/activations")
-HELDOUT_SEED_OFFSET = 1_000_000  # held-out prompts use seed + this (and skip training ones)
 SMALL_SAE_WEIGHTS = 2**20  # d_in * d_sae up to which a CPU trains on one thread
 
 # config architecture -> (SAELens training config class, training SAE class)
@@ -192,31 +189,6 @@ def save_sae(sae: TrainingSAE, path: str | Path) -> Path:
     return path
 
 
-# --- the activations ----------------------------------------------------------------------
-
-
-def dataset_tokens(model: Any, data: SAEDataConfig, n_tokens: int, seed: int) -> Tensor:
-    """Token ids [n_tokens // context_size, context_size] of the config's dataset (the clean
-    prompts of a contrast dataset), as ``scripts/cache_activations.py`` makes them."""
-    n_seq = n_tokens // data.context_size
-    dataset = load_dataset(
-        data.dataset, n_seq, data.context_size, seed, model=model, path=data.path
-    )
-    return dataset.clean_tokens if isinstance(dataset, ContrastDataset) else dataset.tokens
-
-
-def heldout_tokens(model: Any, data: SAEDataConfig, train_tokens: Tensor) -> Tensor:
-    """``data.n_eval_tokens // context_size`` prompts drawn with another seed, none of them
-    in ``train_tokens``. Draws as many candidates as there are prompts in both, so that even
-    when every training prompt comes up again, enough new ones are left."""
-    n_seq = data.n_eval_tokens // data.context_size
-    n_candidates = (n_seq + len(train_tokens)) * data.context_size
-    candidates = dataset_tokens(model, data, n_candidates, data.seed + HELDOUT_SEED_OFFSET)
-    seen = {row.numpy().tobytes() for row in train_tokens}
-    keep = [i for i, row in enumerate(candidates) if row.numpy().tobytes() not in seen]
-    return candidates[keep[:n_seq]]
-
-
 # --- the whole run ------------------------------------------------------------------------
 
 
@@ -235,39 +207,16 @@ def run_sae_training(
     Raises ValueError (CacheError included) for a hook the model lacks, a dataset that
     cannot be made, or a cache made with other settings.
     """
-    hook, data = config.hook, config.data
-    n_layers = model.cfg.n_layers
-    if hook.layer >= n_layers:
+    hook = config.hook
+    if hook.layer >= model.cfg.n_layers:
         raise ValueError(
-            f"hook.layer: {hook.layer} is out of range for this model (0..{n_layers - 1})"
+            f"hook.layer: {hook.layer} is out of range for this model (0..{model.cfg.n_layers - 1})"
         )
     if hook.name not in model.hook_dict:
         raise ValueError(f"hook.hook_point: this model has no {hook.name}")
     device = next(model.parameters()).device
     train_store, eval_store = _caches(model, config, Path(activations_dir), progress, command)
-    d_in = train_store.metadata["d"]
-    torch.manual_seed(data.seed)
-    sae = build_sae(
-        config.sae,
-        d_in,
-        device=device,
-        metadata={
-            "model_name": config.model.name,
-            "hook_name": hook.name,
-            "context_size": data.context_size,
-            "dataset_path": data.path or data.dataset,
-        },
-    )
-    batches = train_store.iter_batches(
-        hook.name,
-        config.training.batch_size,
-        seed=data.seed,
-        device=device,
-        loop=True,
-        dtype=torch.float32,
-    )
-    stats = train_sae(sae, batches, config.training, device=device)
-
+    sae, stats = _train(config, train_store, device)
     sae_path = save_sae(sae, Path(config.output.results_dir) / "sae")
     saved = SAE.load_from_disk(sae_path, device=str(device))
     metrics = evaluate_sae(
@@ -285,7 +234,7 @@ def run_sae_training(
         "features_file": project_path(sae_path / "features.json"),
         "hook_name": hook.name,
         "architecture": config.sae.architecture,
-        "d_in": d_in,
+        "d_in": train_store.metadata["d"],
         "d_sae": saved.cfg.d_sae,
         "k": config.sae.k,
         **metrics,
@@ -295,6 +244,35 @@ def run_sae_training(
         "tokens_per_s": stats["tokens_per_s"],
         "train_time_s": stats["train_time_s"],
     }
+
+
+def _train(
+    config: SAETrainingConfig, train_store: ActivationStore, device: torch.device
+) -> tuple[TrainingSAE, dict[str, float]]:
+    """A new SAE (seeded by ``data.seed``) trained on ``train_store``, and its training
+    statistics."""
+    hook, data = config.hook, config.data
+    torch.manual_seed(data.seed)
+    sae = build_sae(
+        config.sae,
+        train_store.metadata["d"],
+        device=device,
+        metadata={
+            "model_name": config.model.name,
+            "hook_name": hook.name,
+            "context_size": data.context_size,
+            "dataset_path": data.path or data.dataset,
+        },
+    )
+    batches = train_store.iter_batches(
+        hook.name,
+        config.training.batch_size,
+        seed=data.seed,
+        device=device,
+        loop=True,
+        dtype=torch.float32,
+    )
+    return sae, train_sae(sae, batches, config.training, device=device)
 
 
 def _caches(
@@ -334,15 +312,6 @@ def _caches(
         **options,
     )
     return train_store, eval_store
-
-
-def project_path(path: str | Path) -> str:
-    """``path`` relative to the project root when inside it, else absolute."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
 
 
 # Selected by a config's top-level `sae` section (an SAETrainingConfig, not an experiment

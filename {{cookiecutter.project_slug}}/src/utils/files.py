@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
 
 def write_atomic(path: Path, write: Callable[[str], object]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
@@ -35,3 +37,12 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
     write_atomic(path, write)
+
+
+def project_path(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it, else absolute (for logs)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)

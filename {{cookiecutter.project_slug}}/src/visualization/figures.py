@@ -50,6 +50,23 @@ def resolve(path: str, log_path: Path | None = None) -> Path:
     return next((p for p in candidates if p.exists()), candidates[0])
 
 
+def _logged_json(
+    results: dict[str, Any],
+    key: str,
+    log_path: Path | None,
+    missing: Exception,
+    what: str = "",
+) -> Any:
+    """The JSON file whose path the log stores at ``key`` (resolved as ``resolve`` does).
+    Raises ``missing`` when the log has no ``key``, Unavailable when the file is gone."""
+    if key not in results:
+        raise missing
+    path = resolve(results[key], log_path)
+    if not path.exists():
+        raise Unavailable(f"{what}{show(path)} not found")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def effects(
     name: str, results: dict[str, Any], figures_dir: Path, *, label: str, **_: Any
 ) -> list[str]:
@@ -87,12 +104,8 @@ def circuit(
     """The circuit graph ``{name}_circuit`` .png and .html from the log's circuit file."""
     from src.visualization.circuit import save_circuit_figures
 
-    if "circuit_file" not in results:
-        raise ValueError("the log has no 'circuit_file'")
-    path = resolve(results["circuit_file"], log_path)
-    if not path.exists():
-        raise Unavailable(f"{show(path)} not found")
-    graph = json.loads(path.read_text(encoding="utf-8"))
+    missing = ValueError("the log has no 'circuit_file'")
+    graph = _logged_json(results, "circuit_file", log_path, missing)
     return save_circuit_figures(graph, Path(figures_dir) / f"{name}_circuit", name=name)
 
 
@@ -127,12 +140,8 @@ def sae_features(
     (``{name}_top_contexts.md``) from the feature report the SAE run saved."""
     from src.visualization import features as F
 
-    if "features_file" not in results:
-        raise Unavailable("rerun the SAE training to store its feature report (features.json)")
-    path = resolve(results["features_file"], log_path)
-    if not path.exists():
-        raise Unavailable(f"feature report {show(path)} not found")
-    report = json.loads(path.read_text(encoding="utf-8"))
+    missing = Unavailable("rerun the SAE training to store its feature report (features.json)")
+    report = _logged_json(results, "features_file", log_path, missing, "feature report ")
     figures_dir = Path(figures_dir)
     title = f"{name}: feature density over {report['n_tokens']:,} tokens"
     density = torch.tensor(report["density"], dtype=torch.float64)

@@ -1,0 +1,84 @@
+"""What the generated sections of CLAUDE.md / AGENTS.md list (for ``scripts/update_docs.py``):
+the key-file groups, the data folders and the common commands. Plain data, no imports."""
+
+KEY_FILE_GROUPS = {
+    "Models and Data": ["src/models/*.py", "src/data/*.py"],
+    "Experiments and Analysis": [
+        "src/experiments/*.py",
+        "src/analysis/*.py",
+        "src/visualization/*.py",
+        "src/utils/*.py",
+    ],
+    "Scripts and Configs": ["scripts/*.py", "configs/*.yaml"],
+    "Notebooks": ["notebooks/*.ipynb"],
+}
+FOLDERS = {
+    "data/activations/": "Cached activations (shards git-ignored; metadata JSON tracked)",
+    "data/datasets/": "Evaluation datasets (local files)",
+    "data/models/": "Trained toy models (git-ignored cache; retrained when missing)",
+}
+# (comment, command, file that must exist for the command to be listed). Every command runs
+# offline on the toy model (tests/test_commands.py runs each one); pretrained variants are
+# in the comments.
+COMMANDS = [
+    (
+        "Baseline on the toy model (offline, no downloads)",
+        "python scripts/run_experiment.py --config configs/toy_induction.yaml",
+        "configs/toy_induction.yaml",
+    ),
+    (
+        "Activation patching: which heads carry the induction answer? "
+        "(gpt2-small IOI, downloads its weights: --config configs/gpt2_small.yaml)",
+        "python scripts/run_experiment.py --config configs/toy_induction_patching.yaml",
+        "configs/toy_induction_patching.yaml",
+    ),
+    (
+        "Attribution patching (checked against activation patching) and direct logit attribution",
+        "python scripts/run_experiment.py --config configs/toy_induction_attribution.yaml",
+        "configs/toy_induction_attribution.yaml",
+    ),
+    (
+        "Circuit discovery (EAP-IG) with a faithfulness check",
+        "python scripts/run_experiment.py --config configs/toy_induction_circuit.yaml",
+        "configs/toy_induction_circuit.yaml",
+    ),
+    (
+        "Cache activations to data/activations/ (resumes if interrupted; "
+        "gpt2-small: --model gpt2-small --layer 8 --dataset text --path FILE)",
+        "python scripts/cache_activations.py --model toy-induction --layer 0 "
+        "--dataset induction --n-tokens 32768",
+        "scripts/cache_activations.py",
+    ),
+    (
+        "Train an SAE (configs/toy_sae_training.yaml; gpt2-small: --model gpt2-small --layer 8)",
+        "python scripts/train_sae.py --model toy-induction --layer 0",
+        "scripts/train_sae.py",
+    ),
+    (
+        "Rebuild every figure from data/results/ into notebooks/figures/",
+        "python -m src.visualization.generate_all",
+        "src/visualization/generate_all.py",
+    ),
+    (
+        "Time the fast activation patching against transformer_lens.patching "
+        "(--model both adds a GPT-2-sized model)",
+        "python scripts/benchmark_patching.py --model toy",
+        "scripts/benchmark_patching.py",
+    ),
+    (
+        "Time activation caching against a bare forward, and its peak memory at two sizes",
+        "python scripts/benchmark_caching.py --model toy",
+        "scripts/benchmark_caching.py",
+    ),
+    (
+        "Refresh the generated sections of CLAUDE.md and AGENTS.md",
+        "python scripts/update_docs.py",
+        "scripts/update_docs.py",
+    ),
+    ("Run tests (fast suite; add `-m slow` for the heavy ones)", "pytest", "tests"),
+    (
+        "Lint, format and strip notebooks as the commit hook does",
+        "pre-commit run --all-files",
+        ".pre-commit-config.yaml",
+    ),
+]
