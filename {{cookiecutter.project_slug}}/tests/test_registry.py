@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,3 +48,19 @@ def test_figures_and_headlines_are_named():
 def test_a_log_names_its_headline():
     results = {"a": 1.0, "b": 2.0, "headline": "b"}
     assert update_docs._headline(results) == "b=2"
+
+
+def test_loading_configs_imports_no_torch():
+    """The registry imports every kind to validate a config: kinds import methods lazily."""
+    code = (
+        "import pathlib, sys\n"
+        "from src.experiments.registry import load_config\n"
+        "for path in sorted(pathlib.Path('configs').glob('*.yaml')):\n"
+        "    if path.name != 'project.yaml':\n"
+        "        load_config(path)\n"
+        "print(sorted(m for m in ('torch', 'transformer_lens', 'sae_lens') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

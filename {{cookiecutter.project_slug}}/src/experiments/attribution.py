@@ -4,20 +4,16 @@ prompts. The methods are in ``src.analysis.attribution``, ``.patching`` and ``.d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import StrictBool
 
-from src.analysis.attention import component_head_scores, strongest_attention
-from src.analysis.attribution import attribution_patch
-from src.analysis.dla import DLAResult, direct_logit_attribution
-from src.analysis.effects import ci_dict, effect_summary, pearson
-from src.analysis.patching import activation_patch
-from src.data.dataset import ContrastDataset
-from src.experiments.common import Sweep
 from src.experiments.registry import ExperimentKind
 from src.models.hooks import result_axes
 from src.utils.config import SweepConfig
+
+if TYPE_CHECKING:
+    from src.data.dataset import ContrastDataset
 
 
 class AttributionConfig(SweepConfig):
@@ -41,6 +37,12 @@ def run_attribution_experiment(
     ``compare``, also activation patching and the Pearson correlation between the two; with
     ``dla``, direct logit attribution per head; the attention patterns of the heads with the
     largest estimated effects on the first prompt."""
+    from src.analysis.attention import component_head_scores, strongest_attention
+    from src.analysis.attribution import attribution_patch
+    from src.analysis.effects import effect_summary, pearson
+    from src.analysis.patching import activation_patch
+    from src.experiments.common import Sweep
+
     section = config.attribution
     sweep = Sweep.start(model, dataset, section, batch_size, progress)
     results = sweep.results
@@ -64,6 +66,9 @@ def run_attribution_experiment(
 
 def _dla(model: Any, steps: list[ContrastDataset]) -> dict[str, Any]:
     """Direct logit attribution per head over all prompts, with CIs."""
+    from src.analysis.dla import DLAResult, direct_logit_attribution
+    from src.analysis.effects import ci_dict
+
     parts = [
         direct_logit_attribution(model, b.clean_tokens, b.answer_tokens, b.wrong_tokens)
         for b in steps

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from tqdm.auto import tqdm
-
-from src.analysis.metrics import logit_diff, top1_accuracy
-from src.data.dataset import ContrastDataset, TokenDataset, batches
 from src.experiments.registry import ExperimentKind
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from src.data.dataset import ContrastDataset, TokenDataset
 
 
 def run_baseline(
@@ -27,6 +25,12 @@ def run_baseline(
 
     ``config`` is unused (every ``run_*`` takes ``(model, dataset, config)``).
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from src.analysis.metrics import logit_diff, top1_accuracy
+    from src.data.dataset import TokenDataset, batches
+
     device = next(model.parameters()).device
     steps = tqdm(
         batches(dataset, batch_size), desc="baseline", unit="batch", disable=not progress,
@@ -61,6 +65,8 @@ def run_baseline(
 
 def _language_model(model: Any, batches: Any, device: Any, n_samples: int) -> dict[str, float]:
     """Mean next-token loss and top-1 accuracy over all positions."""
+    import torch.nn.functional as F
+
     total_loss, total_correct, n_tokens = 0.0, 0.0, 0
     for batch in batches:
         batch = batch.to(device)

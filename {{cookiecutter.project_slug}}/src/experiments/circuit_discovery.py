@@ -7,27 +7,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from src.analysis.attention import circuit_head_scores, strongest_attention
-from src.analysis.circuit_graph import model_graph
-from src.analysis.circuits import (
-    circuit_dict,
-    edge_name,
-    evaluate_circuit,
-    faithfulness,
-    iter_circuit_edges,
-    prune,
-    select_edges,
-)
-from src.analysis.eap import edge_scores
-from src.data.dataset import ContrastDataset
 from src.experiments.registry import ExperimentKind
 from src.utils.config import MetricName, NonNegativeInt, PositiveInt, Section
 from src.utils.files import write_text_atomic
 from src.utils.validation import Float, check
+
+if TYPE_CHECKING:
+    from src.data.dataset import ContrastDataset
 
 
 class CircuitDiscoveryConfig(Section):
@@ -53,6 +43,16 @@ def discover_circuit(
     """Score every edge, keep the config's top_n (or threshold), prune, and measure
     faithfulness with everything outside the circuit ablated. Returns the circuit dict
     (``nodes``, ``edges``, ``faithfulness``, ``metadata``; see ``circuit_dict``)."""
+    from src.analysis.circuit_graph import model_graph
+    from src.analysis.circuits import (
+        circuit_dict,
+        evaluate_circuit,
+        faithfulness,
+        prune,
+        select_edges,
+    )
+    from src.analysis.eap import edge_scores
+
     section = config.circuit_discovery
     graph = model_graph(model)
     scores = edge_scores(
@@ -98,6 +98,9 @@ def run_circuit_discovery(
     """``discover_circuit``, saved as JSON in ``output.results_dir``; returns the summary
     that goes into the experiment log, with the attention patterns of the circuit's
     strongest heads on the first prompt."""
+    from src.analysis.attention import circuit_head_scores, strongest_attention
+    from src.analysis.circuits import edge_name, iter_circuit_edges
+
     circuit = discover_circuit(model, dataset, config, batch_size=batch_size, progress=progress)
     name = config.experiment.name
     path = save_circuit(circuit, Path(config.output.results_dir) / f"{name}_circuit.json")

@@ -6,16 +6,14 @@ The method is ``src.analysis.patching.activation_patch``; this runner reads the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from src.analysis.attention import component_head_scores, strongest_attention
-from src.analysis.effects import effect_summary
-from src.analysis.patching import activation_patch
-from src.data.dataset import ContrastDataset
-from src.experiments.common import Sweep
 from src.experiments.registry import ExperimentKind
 from src.models.hooks import result_axes
 from src.utils.config import SweepConfig
+
+if TYPE_CHECKING:
+    from src.data.dataset import ContrastDataset
 
 
 class PatchingConfig(SweepConfig):
@@ -34,6 +32,11 @@ def run_patching_experiment(
     prompts: the normalized effect of every patch (0 = corrupted, 1 = clean) with a
     bootstrap CI over prompts, the top entries, and the attention patterns of the heads with
     the largest effects on the first prompt (for the attention figure)."""
+    from src.analysis.attention import component_head_scores, strongest_attention
+    from src.analysis.effects import effect_summary
+    from src.analysis.patching import activation_patch
+    from src.experiments.common import Sweep
+
     section = config.patching
     sweep = Sweep.start(model, dataset, section, batch_size, progress)
     results = sweep.results
