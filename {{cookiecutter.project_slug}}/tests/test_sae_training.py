@@ -12,19 +12,12 @@ import pytest
 import torch
 from sae_lens import SAE, JumpReLUSAE, StandardSAE, StandardSAEConfig
 
-from src.analysis.sae import evaluate_sae
+from src.analysis.sae import ARCHITECTURES, build_sae, evaluate_sae, save_sae, train_sae
 from src.data.activation_cache import CacheError, cache_activations, open_cache
 from src.data.cached import ensure_cache
+from src.data.loading import dataset_tokens, heldout_tokens
 from src.experiments.registry import load_config
-from src.experiments.sae_training import (
-    ARCHITECTURES,
-    build_sae,
-    dataset_tokens,
-    heldout_tokens,
-    run_sae_training,
-    save_sae,
-    train_sae,
-)
+from src.experiments.sae_training import run_sae_training
 from src.utils.config import (
     ConfigError,
     HookConfig,
@@ -93,10 +86,12 @@ def trained():
     saes = {}
     for architecture in ARCHITECTURES:
         torch.manual_seed(0)
-        sae = build_sae(sae_config(architecture), D_IN, metadata={"hook_name": "test.hook"})
+        sae = build_sae(
+            D_IN, **sae_config(architecture).model_dump(), metadata={"hook_name": "test.hook"}
+        )
         before = evaluate_sae(sae, [held_out])["explained_variance"]
         training = TrainingConfig(n_tokens=40 * 256, batch_size=256, lr=1e-2)
-        stats = train_sae(sae, looping(train, 256), training)
+        stats = train_sae(sae, looping(train, 256), **training.model_dump())
         saes[architecture] = (before, sae, stats)
     return saes, held_out
 
@@ -198,7 +193,7 @@ def test_saved_sae_loads_unchanged(trained, architecture: str, tmp_path: Path) -
 
 def test_unknown_architecture_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="known: standard, topk, batchtopk, jumprelu"):
-        build_sae(SAEConfig.model_construct(architecture="gated"), D_IN)  # skips validation
+        build_sae(D_IN, **(sae_config("standard").model_dump() | {"architecture": "gated"}))
     config = PROJECT_ROOT / "configs" / "toy_sae_training.yaml"
     path = tmp_path / "bad.yaml"
     path.write_text(config.read_text().replace('architecture: "topk"', 'architecture: "gated"'))

@@ -9,8 +9,9 @@
    from that cache's prompts, so it belongs with it). An existing cache is reused after
    checking that it holds this model, hook, dataset and seed (a mismatch raises
    ``CacheError`` naming the field); an interrupted one is resumed.
-2. Trains the SAE (``build_sae``: standard, topk, batchtopk or jumprelu) with SAELens's
-   ``SAETrainer`` on shuffled batches of the training cache, looping over it as needed.
+2. Trains the SAE (``src.analysis.sae.build_sae``: standard, topk, batchtopk or jumprelu)
+   with SAELens's ``SAETrainer`` on shuffled batches of the training cache, looping over it
+   as needed.
 3. Saves it in SAELens's format (``<results_dir>/sae/``, loadable with
    ``sae_lens.SAE.load_from_disk``), loads it back and evaluates what was saved on the
    held-out cache (``src.analysis.sae.evaluate_sae``): L0, explained variance, dead-latent
@@ -20,176 +21,29 @@
 
 Held-out prompts are drawn with another seed and exclude every training prompt, so for a
 text file too (whose chunks are drawn at random) none is seen in training.
+
+Only light modules are imported at the top: the registry imports every kind's module to
+list the kinds and build the config schema, so listing the kinds or validating a config must
+not import torch, SAELens or TransformerLens (seconds). Each function imports what it runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from sae_lens import (
-    SAE,
-    BatchTopKTrainingSAE,
-    BatchTopKTrainingSAEConfig,
-    JumpReLUTrainingSAE,
-    JumpReLUTrainingSAEConfig,
-    LoggingConfig,
-    SAETrainer,
-    StandardTrainingSAE,
-    StandardTrainingSAEConfig,
-    TopKTrainingSAE,
-    TopKTrainingSAEConfig,
-    TrainingSAE,
-)
-from sae_lens.config import SAETrainerConfig
-from torch import Tensor
-
-from src.analysis.features import feature_report
-from src.analysis.sae import evaluate_sae
-from src.data.activation_cache import ActivationStore, cache_name
-from src.data.cached import ensure_cache
-from src.data.loading import HELDOUT_SEED_OFFSET, dataset_tokens, heldout_tokens
 from src.experiments.registry import ExperimentKind
-from src.models.load import parse_dtype
-from src.utils.config import SAEConfig, SAETrainingConfig, TrainingConfig
+from src.utils.config import SAETrainingConfig
 from src.utils.files import project_path, write_text_atomic
 
+if TYPE_CHECKING:
+    import torch
+    from sae_lens import TrainingSAE
+
+    from src.data.activation_cache import ActivationStore
+
 ACTIVATIONS_DIR = Path("data/activations")
-SMALL_SAE_WEIGHTS = 2**20  # d_in * d_sae up to which a CPU trains on one thread
-
-# config architecture -> (SAELens training config class, training SAE class)
-ARCHITECTURES: dict[str, tuple[type, type[TrainingSAE]]] = {
-    "standard": (StandardTrainingSAEConfig, StandardTrainingSAE),
-    "topk": (TopKTrainingSAEConfig, TopKTrainingSAE),
-    "batchtopk": (BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE),
-    "jumprelu": (JumpReLUTrainingSAEConfig, JumpReLUTrainingSAE),
-}
-
-
-# --- the SAE ------------------------------------------------------------------------------
-
-
-def build_sae(
-    sae_cfg: SAEConfig,
-    d_in: int,
-    *,
-    device: str | torch.device = "cpu",
-    metadata: dict[str, Any] | None = None,
-) -> TrainingSAE:
-    """A freshly initialised SAELens training SAE of width ``expansion_factor * d_in``.
-
-    ``metadata``: SAELens metadata fields (model_name, hook_name, context_size, ...) saved
-    with the SAE. Raises ValueError listing the known architectures for an unknown one.
-    """
-    arch = sae_cfg.architecture
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"sae.architecture: unknown {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    config_cls, sae_cls = ARCHITECTURES[arch]
-    options: dict[str, Any] = {
-        "d_in": d_in,
-        "d_sae": sae_cfg.expansion_factor * d_in,
-        "device": str(device),
-        "normalize_activations": sae_cfg.normalize_activations,
-    }
-    if arch == "standard":
-        options |= {
-            "l1_coefficient": sae_cfg.l1_coefficient,
-            "l1_warm_up_steps": sae_cfg.l1_warm_up_steps,
-        }
-    elif arch == "jumprelu":
-        options |= {
-            "l0_coefficient": sae_cfg.l1_coefficient,
-            "l0_warm_up_steps": sae_cfg.l1_warm_up_steps,
-        }
-    else:
-        options["k"] = sae_cfg.k
-    cfg = config_cls(**options)
-    for key, value in (metadata or {}).items():
-        setattr(cfg.metadata, key, value)
-    return sae_cls(cfg)
-
-
-def train_sae(
-    sae: TrainingSAE,
-    batches: Iterator[Tensor],
-    training: TrainingConfig,
-    *,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Train ``sae`` in place with SAELens's ``SAETrainer`` on ``batches`` ([batch_size, d_in]
-    each; at least ``training.n_tokens`` tokens' worth). Returns the number of steps and
-    tokens, the training time and tokens/s. SAELens shows its own progress bar.
-    """
-    steps = -(-training.n_tokens // training.batch_size)  # the trainer's full batches
-    warm_up = min(training.lr_warm_up_steps, steps)
-    decay = min(training.lr_decay_steps, steps - warm_up)
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=training.n_tokens,
-        train_batch_size_samples=training.batch_size,
-        lr=training.lr,
-        lr_end=training.lr,  # constant schedule: the decay starts from lr
-        lr_warm_up_steps=warm_up,
-        lr_decay_steps=decay,
-        device=str(device),
-        # A latent silent this long counts as dead (TopK's auxiliary loss revives those):
-        # SAELens's 1000 steps, or a tenth of a short run.
-        dead_feature_window=max(1, min(1000, steps // 10)),
-        n_batches_for_norm_estimate=max(1, min(100, steps)),
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
-    # A small SAE's matrices are too small to gain from several CPU threads, and threads
-    # that wait for a busy core make each step several times slower: use one.
-    small = sae.cfg.d_in * sae.cfg.d_sae <= SMALL_SAE_WEIGHTS
-    threads = torch.get_num_threads()
-    if small and torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    start = time.perf_counter()
-    try:
-        trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
-    seconds = time.perf_counter() - start
-    return {
-        "n_steps": trainer.n_training_steps,
-        "n_tokens": trainer.n_training_samples,
-        "train_time_s": seconds,
-        "tokens_per_s": trainer.n_training_samples / seconds,
-    }
-
-
-def save_sae(sae: TrainingSAE, path: str | Path) -> Path:
-    """Save ``sae``'s inference form (what ``SAE.load_from_disk(path)`` returns; BatchTopK
-    becomes JumpReLU) to the folder ``path``, replacing what is there; return ``path``.
-
-    Written to a temporary folder beside it and renamed, so ``path`` never holds half an SAE.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    old = path.with_name(f".{path.name}.old.{os.getpid()}")
-    try:
-        sae.save_inference_model(tmp)
-        for file in tmp.iterdir():
-            file.chmod(0o644)  # readable by all, like the caches: results may be shared
-        tmp.chmod(0o755)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-# --- the whole run ------------------------------------------------------------------------
 
 
 def run_sae_training(
@@ -207,6 +61,12 @@ def run_sae_training(
     Raises ValueError (CacheError included) for a hook the model lacks, a dataset that
     cannot be made, or a cache made with other settings.
     """
+    import torch
+    from sae_lens import SAE
+
+    from src.analysis.features import feature_report
+    from src.analysis.sae import evaluate_sae, save_sae
+
     hook = config.hook
     if hook.layer >= model.cfg.n_layers:
         raise ValueError(
@@ -251,11 +111,15 @@ def _train(
 ) -> tuple[TrainingSAE, dict[str, float]]:
     """A new SAE (seeded by ``data.seed``) trained on ``train_store``, and its training
     statistics."""
+    import torch
+
+    from src.analysis.sae import build_sae, train_sae
+
     hook, data = config.hook, config.data
     torch.manual_seed(data.seed)
     sae = build_sae(
-        config.sae,
         train_store.metadata["d"],
+        **config.sae.model_dump(),
         device=device,
         metadata={
             "model_name": config.model.name,
@@ -272,7 +136,7 @@ def _train(
         loop=True,
         dtype=torch.float32,
     )
-    return sae, train_sae(sae, batches, config.training, device=device)
+    return sae, train_sae(sae, batches, **config.training.model_dump(), device=device)
 
 
 def _caches(
@@ -283,6 +147,11 @@ def _caches(
     command: str | None,
 ) -> tuple[ActivationStore, ActivationStore]:
     """The training cache and, in its subfolder, the held-out cache (made or reused)."""
+    from src.data.activation_cache import cache_name
+    from src.data.cached import ensure_cache
+    from src.data.loading import HELDOUT_SEED_OFFSET, dataset_tokens, heldout_tokens
+    from src.models.load import parse_dtype
+
     model_name, hook, data = config.model.name, config.hook, config.data
     n_cache_tokens = data.n_tokens or config.training.n_tokens
     common = {"model": model_name, "dataset": data.dataset}
