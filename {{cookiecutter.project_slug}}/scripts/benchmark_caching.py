@@ -29,10 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# `src` is a package in the project root: make it importable however the script is run.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
+import common  # noqa: E402, F401  (puts the project root on sys.path)
 
 # per model: hooks timed ((point, layer): src.models.hooks), context, tokens timed, batch
 # size, RSS sizes (small; large = 10x)

@@ -30,11 +30,10 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from src.data.repeated import repeated_random_tokens
 from src.models.head_scores import induction_scores, prev_token_scores
-from src.utils.files import write_atomic, write_text_atomic
+from src.utils.files import PROJECT_ROOT, write_atomic, write_text_atomic
 
 TOY_BOS_TOKEN_ID = 0
 CACHE_ENV_VAR = "MECH_INTERP_TOY_CACHE"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file appears complete or not at all, never truncated."""
+"""The project's files: its root (``PROJECT_ROOT``, defined here once for ``src``), paths
+relative to it, and atomic writes (a file appears complete or not at all, never truncated)."""
 
 from __future__ import annotations
 

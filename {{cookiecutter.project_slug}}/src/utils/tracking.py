@@ -19,9 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from src.utils.files import write_text_atomic
+from src.utils.files import PROJECT_ROOT, write_text_atomic
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformer-lens", "numpy")
 
 

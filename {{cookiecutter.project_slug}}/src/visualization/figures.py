@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from src.utils.files import PROJECT_ROOT
 
 Maker = Callable[..., list[str]]
 
