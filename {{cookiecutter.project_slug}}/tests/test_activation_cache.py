@@ -74,6 +74,15 @@ def test_cache_name_is_the_seed_scheme_and_file_safe():
     assert cache_name("org/model x", 0, "induction", 5) == "org-model-x_0_induction_5"
 
 
+def test_cache_name_of_a_local_checkpoint_is_its_folder(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "ckpts" / "tiny-gpt2"
+    checkpoint.mkdir(parents=True)
+    assert cache_name(str(checkpoint), 1, "text", 64) == "tiny-gpt2_1_text_64"
+    monkeypatch.chdir(tmp_path)
+    assert cache_name("ckpts/tiny-gpt2", 1, "text", 64) == "tiny-gpt2_1_text_64"
+    assert cache_name("./ckpts/tiny-gpt2/", 1, "text", 64) == "tiny-gpt2_1_text_64"
+
+
 def test_cached_activations_equal_run_with_cache(toy_model, tokens, cache_dir):
     store = open_cache(cache_dir, expect={"model": "toy-induction", "hook_names": HOOKS[:1]})
     with torch.no_grad():

@@ -56,7 +56,11 @@ class CacheError(ValueError):
 
 def cache_name(model: str, layer: int, dataset: str, n_tokens: int) -> str:
     """The cache folder's name, ``{model}_{layer}_{dataset}_{n_tokens}``, with any character
-    outside ``[A-Za-z0-9._-]`` replaced by ``-`` (Hugging Face ids contain ``/``)."""
+    outside ``[A-Za-z0-9._-]`` replaced by ``-`` (Hugging Face ids contain ``/``). A model
+    given as a local checkpoint folder is named by that folder, never by its path."""
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith((".", "~")) or path.is_dir():
+        model = path.resolve().name
     return re.sub(r"[^A-Za-z0-9._-]", "-", f"{model}_{layer}_{dataset}_{n_tokens}")
 
 
