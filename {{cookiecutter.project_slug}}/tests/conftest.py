@@ -1,4 +1,5 @@
-"""Shared fixtures: the trained toy model (trained once, then read from the toy cache)."""
+"""Shared fixtures: the trained toy model (trained once, then read from the toy cache), tiny
+random-init Hugging Face checkpoints of each supported architecture, small native bridges."""
 
 from __future__ import annotations
 
@@ -11,6 +12,45 @@ def toy_model():
     from src.models.load import load_model  # imported here: transformer-lens takes seconds
 
     return load_model("toy-induction", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A local text file of IOI-style sentences (about 50k characters), the text that the
+    tiny checkpoints' tokenizer is trained on."""
+    from src.models.checkpoints import sample_corpus
+
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(sample_corpus()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_corpus, tmp_path_factory):
+    """Architecture -> directory of a tiny random-init Hugging Face checkpoint (2 layers,
+    d_model 64, 4 heads, context 128, a 512-token BPE trained on ``tiny_corpus``), saved
+    as ``save_pretrained`` does: ``load_model(str(path))`` loads it as a downloaded model."""
+    from src.models.checkpoints import ARCHITECTURES, save_checkpoint, train_tokenizer
+
+    tokenizer = train_tokenizer(tiny_corpus.read_text(encoding="utf-8").splitlines())
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {arch: save_checkpoint(arch, root / f"tiny-{arch}", tokenizer) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def pretrained_model(tiny_checkpoints):
+    """A cache of the tiny checkpoints loaded through ``load_model`` (float32, CPU):
+    ``pretrained_model("gemma-2")``. Do not modify them in a test."""
+    from src.models.load import load_model
+
+    loaded = {}
+
+    def get(arch: str):
+        if arch not in loaded:
+            loaded[arch] = load_model(str(tiny_checkpoints[arch]), device="cpu")
+        return loaded[arch]
+
+    return get
 
 
 @pytest.fixture(scope="session")

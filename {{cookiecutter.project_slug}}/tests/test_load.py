@@ -83,3 +83,32 @@ def test_offline_pretrained_model_is_a_clear_error(name, monkeypatch, tmp_path):
     assert f"'{hf_id}' are not in the local Hugging Face cache" in message
     assert f"download {hf_id}" in message
     assert isinstance(caught.value.__cause__, OSError)  # the real loader ran and failed
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt-neox", "gemma-2", "qwen2"])
+def test_local_checkpoint_matches_its_hugging_face_model(arch, tiny_checkpoints, pretrained_model):
+    """A checkpoint directory loads as a downloaded model does, and its logits equal the
+    Hugging Face model's own up to a constant per position (compatibility mode centers the
+    unembedding, which softmax ignores): compared centred and as log-probabilities."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_checkpoints[arch]
+    model = pretrained_model(arch)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokens = torch.tensor([tokenizer.encode("When Mary and John went to the store, John gave")])
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(path).eval()(tokens).logits
+        logits = model(tokens)
+
+    def centred(x):
+        return x - x.mean(-1, keepdim=True)
+
+    assert logits.shape == expected.shape and expected.abs().max() > 0.01
+    torch.testing.assert_close(centred(logits), centred(expected), rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits.log_softmax(-1), expected.log_softmax(-1), rtol=0, atol=1e-4)
+    assert model.cfg.n_layers == 2 and not model.training
+
+
+def test_directory_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory but not a Hugging Face checkpoint"):
+        load_model(str(tmp_path), device="cpu")

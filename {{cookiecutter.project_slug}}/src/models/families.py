@@ -43,6 +43,9 @@ class Family:
     act_fn: str | None
     normalization: str
     positional_embedding: str
+    dataset: str | None
+    sae_release: str | None
+    sae_id: str | None
     patching_defaults: PatchingDefaults
 
     def bridge_config_kwargs(self) -> dict[str, object]:

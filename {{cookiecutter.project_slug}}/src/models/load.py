@@ -7,6 +7,8 @@ Hugging Face model (in HookedTransformer-compatible mode) or an offline toy mode
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
@@ -110,24 +112,43 @@ def load_pretrained(hf_id: str, device: torch.device, dtype: torch.dtype) -> Tra
     return model
 
 
+def local_checkpoint(name: str) -> Path | None:
+    """The directory `name` names, if it is one (a local Hugging Face checkpoint: the
+    `save_pretrained` output of a model and its tokenizer); None for a model name."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return None
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model {name!r} is a directory but not a Hugging Face checkpoint (no config.json): "
+            "point it at the save_pretrained output of a model and its tokenizer"
+        )
+    return path.resolve()
+
+
 def load_model(
     name: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32"
 ) -> torch.nn.Module:
     """The model `name` in eval mode on `device`.
 
     `name` is a toy model (`toy-induction`, trained and cached on first use, offline), a short
-    pretrained name (`gpt2-small`, ...), or a Hugging Face id containing `/`.
+    pretrained name (`gpt2-small`, ...), a Hugging Face id containing `/`, or the directory
+    of a local checkpoint (`save_pretrained` output of the model and its tokenizer).
     """
     resolved_device = resolve_device(device)
     resolved_dtype = parse_dtype(dtype)
     if name in TOY_MODELS:
         return load_toy_model(name, device=resolved_device, dtype=resolved_dtype)
+    local = local_checkpoint(name)
+    if local is not None:
+        return load_pretrained(str(local), resolved_device, resolved_dtype).eval()
     if name in PRETRAINED_MODELS or name in PRETRAINED_MODELS.values() or "/" in name:
         hf_id = PRETRAINED_MODELS.get(name, name)
         return load_pretrained(hf_id, resolved_device, resolved_dtype).eval()
     known = sorted(TOY_MODELS) + sorted(PRETRAINED_MODELS)
     raise ValueError(
-        f"unknown model {name!r}; known: {known}, or a Hugging Face id such as 'org/model'"
+        f"unknown model {name!r}; known: {known}, a Hugging Face id such as 'org/model', or "
+        "the directory of a local checkpoint (add a name to src/models/families.yaml)"
     )
 
 
