@@ -38,14 +38,43 @@ def error_exit(error: Exception, path: Path | str, *, named: type[Exception]) ->
     return 2
 
 
-def load_run_model(cfg: Any) -> Any:
-    """Seed the run (``data.seed``) and load the config's model, saying so on stderr."""
+def check_run_fits(cfg: Any, batch: int, seq_len: int | None, gradients: bool) -> None:
+    """Stop before loading when the config's model and a forward on ``batch`` prompts of
+    ``seq_len`` tokens (with a backward pass if ``gradients``) cannot fit its device(s):
+    InsufficientMemoryError, one line saying what would fit. Models whose dimensions are
+    unknown without a download are not checked."""
+    from src.models.load import resolve_device
+    from src.models.memory import check_fits, free_memory_gb, model_dims
+
+    dims = model_dims(cfg.model.name)
+    if dims is None:
+        return
+    device = resolve_device(cfg.model.device)
+    check_fits(
+        cfg.model.name,
+        dims,
+        cfg.model.dtype,
+        batch,
+        seq_len or min(dims.n_ctx, 128) or 128,
+        cfg.model.memory_gb or free_memory_gb(device),
+        device=str(device),
+        gradients=gradients,
+        n_devices=cfg.model.n_devices,
+    )
+
+
+def load_run_model(cfg: Any, batch: int = 1, gradients: bool = False) -> Any:
+    """Seed the run (``data.seed``), check that the model and a forward on ``batch`` prompts
+    (with a backward pass if ``gradients``) fit its device, and load it, saying so on stderr."""
     from src.models.load import load_model
     from src.utils.seed import set_seed
 
     set_seed(cfg.data.seed)
+    seq_len = getattr(cfg.data, "seq_length", None) or getattr(cfg.data, "context_size", None)
+    check_run_fits(cfg, min(batch, getattr(cfg.data, "n_samples", batch)), seq_len, gradients)
     print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
-    return load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+    model = cfg.model
+    return load_model(model.name, device=model.device, dtype=model.dtype, n_devices=model.n_devices)
 
 
 def finish_run(

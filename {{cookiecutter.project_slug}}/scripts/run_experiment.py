@@ -57,12 +57,14 @@ def load_run_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def load_inputs(cfg: Any, config_path: Path) -> tuple[Any, Any]:
-    """The run's model (checked against the config) and dataset."""
+def load_inputs(cfg: Any, config_path: Path, batch_size: int) -> tuple[Any, Any]:
+    """The run's model (its memory checked before loading, then its size against the
+    config) and dataset."""
     from src.data.loading import config_dataset
+    from src.experiments.registry import get_kind
     from src.utils.config import check_model_fit
 
-    model = load_run_model(cfg)
+    model = load_run_model(cfg, batch_size, gradients=get_kind(cfg.kind).gradients)
     mc = model.cfg
     check_model_fit(
         cfg, config_path, n_layers=mc.n_layers, n_heads=mc.n_heads, attn_only=mc.attn_only
@@ -98,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     from src.models.load import ModelNotAvailableError
+    from src.models.memory import InsufficientMemoryError
 
-    try:  # user-facing errors (unknown or unavailable model, bad dataset) as one line
-        model, dataset = load_inputs(cfg, args.config)
-    except (ValueError, OSError, ModelNotAvailableError) as e:  # ConfigError included
+    try:  # user-facing errors (unknown, unavailable or too big a model, bad dataset): one line
+        model, dataset = load_inputs(cfg, args.config, args.batch_size)
+    except (ValueError, OSError, ModelNotAvailableError, InsufficientMemoryError) as e:
         return error_exit(e, args.config, named=ConfigError)
     results = run_kind(cfg, model, dataset, args.batch_size)
     wall_time_s = time.perf_counter() - start

@@ -99,7 +99,7 @@ def test_no_analysis_section_is_a_baseline(tmp_path: Path) -> None:
     [
         (
             edited("model", "n_layers", 2),
-            "model.n_layers: unknown key (known: name, device, dtype)",
+            "model.n_layers: unknown key (known: name, device, dtype, n_devices, memory_gb)",
         ),
         (edited("data", "n_sample", 2), "data.n_sample: unknown key, did you mean 'n_samples'?"),
         ({**VALID, "training": {}}, "training: unknown key"),

@@ -112,3 +112,105 @@ def test_local_checkpoint_matches_its_hugging_face_model(arch, tiny_checkpoints,
 def test_directory_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"is a directory but not a Hugging Face checkpoint"):
         load_model(str(tmp_path), device="cpu")
+
+
+def _hf_cache_with(checkpoint, hf_id: str, cache):
+    """A Hugging Face hub cache at `cache` holding `checkpoint`'s files as `hf_id`'s main
+    revision, laid out as `hf download` leaves them."""
+    import shutil
+
+    repo = cache / f"models--{hf_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def _offline(monkeypatch, cache):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_pretrained_name_resolves_from_the_offline_hf_cache(
+    tiny_checkpoints, pretrained_model, monkeypatch, tmp_path
+):
+    """`gpt2-small` with HF_HUB_OFFLINE=1 loads from the local cache (a tiny GPT-2 stands in
+    for the real weights there): the same model as loading its directory."""
+    _hf_cache_with(tiny_checkpoints["gpt2"], "gpt2", tmp_path)
+    _offline(monkeypatch, tmp_path)
+    model = load_model("gpt2-small", device="cpu")
+    tokens = torch.tensor([[0, 5, 17, 300, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), pretrained_model("gpt2")(tokens))
+
+
+def _hub_http_error(kind: str, hf_id: str):
+    import httpx2
+    from huggingface_hub import errors
+
+    request = httpx2.Request("GET", f"https://huggingface.co/{hf_id}/resolve/main/config.json")
+    response = httpx2.Response(403 if kind == "GatedRepoError" else 404, request=request)
+    return getattr(errors, kind)(f"{kind} for {hf_id}", response=response)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("GatedRepoError", r"'google/gemma-2-2b' is a gated model: accept its licence at "
+         r"https://huggingface.co/google/gemma-2-2b .*HF_TOKEN"),
+        ("RepositoryNotFoundError", r"no Hugging Face model 'google/gemma-2-2b'.*known names"),
+    ],
+)  # fmt: skip
+def test_hub_refusals_are_one_clear_line(kind, expected, monkeypatch):
+    """The Hub's answers for a gated or a missing repository (raised where the download
+    would raise them, wrapped as transformers wraps them) become one line saying what to do."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    def refuse(hf_id, **kwargs):
+        raise OSError(f"cannot load {hf_id}") from _hub_http_error(kind, hf_id)
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", refuse)
+    with pytest.raises(ModelNotAvailableError, match=expected) as caught:
+        load_model("gemma-2-2b", device="cpu")
+    assert "\n" not in str(caught.value)
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["RobertaForMaskedLM"]}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"RobertaForMaskedLM architecture, which "
+                       r"TransformerLens's bridge does not support; tested here: GPT2LMHeadModel"):  # fmt: skip
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_checkpoint_without_weights_names_what_is_missing(tiny_checkpoints, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_checkpoints["qwen2"], tmp_path / "qwen2")
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"not a Hugging Face checkpoint \(no weights\)"):
+        load_model(str(copy), device="cpu")
+
+
+def test_more_devices_than_gpus_is_a_clear_error(tiny_checkpoints):
+    n = max(2, torch.cuda.device_count() + 1)
+    with pytest.raises(ValueError, match=rf"model.n_devices={n} needs {n} CUDA GPUs"):
+        load_model(str(tiny_checkpoints["gpt2"]), device="cpu", n_devices=n)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_half_precision_checkpoints_load_and_agree(arch, dtype, tiny_checkpoints, pretrained_model):
+    """bfloat16 and float16 load on the CPU; their next-token log-probabilities agree with
+    float32 to the precision of the format."""
+    model = load_model(str(tiny_checkpoints[arch]), device="cpu", dtype=dtype)
+    assert next(model.parameters()).dtype == parse_dtype(dtype)
+    tokens = torch.tensor([[0, 5, 17, 300, 42, 99, 7]])
+    with torch.no_grad():
+        half = model(tokens).float().log_softmax(-1)
+        full = pretrained_model(arch)(tokens).log_softmax(-1)
+    tol = 0.05 if dtype == "bfloat16" else 0.01
+    torch.testing.assert_close(half, full, rtol=0, atol=tol)

@@ -176,7 +176,7 @@ def test_compute_section_follows_project_yaml(project: Path):
     update_docs.update(project)
     section = _compute_section(project)
     assert section.startswith("- **GPU**: Local RTX 3090 (24 GB)\n")
-    assert "holds `gpt2-small`'s 0.5 GB of float32 weights" in section
+    assert "holds `gpt2-small`'s 0.74 GB of float32 weights" in section
     assert "a full cache for `gpt2-small` uses ~" in section
 
     _set_project(project, gpu_memory_gb=80)  # a bigger GPU: the docs are stale until refreshed
@@ -188,7 +188,7 @@ def test_compute_section_follows_project_yaml(project: Path):
     assert update_docs.main(["--root", str(project), "--check"]) == 1
     update_docs.update(project)
     section = _compute_section(project)
-    assert "8 GB cannot hold `gemma-2-2b`'s 10.4 GB of float32 weights" in section
+    assert "8 GB cannot hold `gemma-2-2b`'s 12.8 GB of float32 weights" in section
     assert update_docs.main(["--root", str(project), "--check"]) == 0
 
 

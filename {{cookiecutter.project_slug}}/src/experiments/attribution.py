@@ -87,6 +87,7 @@ KIND = ExperimentKind(
     label="attribution patching",
     section=AttributionConfig,
     run=run_attribution_experiment,
+    gradients=True,
     figures=("effects", "dla", "attention"),
     headline="head_out_pearson_r",
 )

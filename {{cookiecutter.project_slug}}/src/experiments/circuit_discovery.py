@@ -131,6 +131,7 @@ KIND = ExperimentKind(
     label="circuit discovery",
     section=CircuitDiscoveryConfig,
     run=run_circuit_discovery,
+    gradients=True,
     figures=("circuit", "attention"),
     headline="recovered",
 )

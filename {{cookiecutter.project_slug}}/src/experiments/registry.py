@@ -37,6 +37,7 @@ class ExperimentKind:
     section: type[BaseModel] | None = None  # the section's schema; None: selected otherwise
     figures: tuple[str, ...] = ()  # figure makers drawn from its results
     headline: str | None = None  # the results key shown first in CLAUDE.md
+    gradients: bool = False  # runs backward passes (sizes the memory check before loading)
 
 
 @functools.cache

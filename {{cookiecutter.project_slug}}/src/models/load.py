@@ -7,6 +7,8 @@ Hugging Face model (in HookedTransformer-compatible mode) or an offline toy mode
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,34 +83,106 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[key]
 
 
-def _is_offline_error(error: BaseException | None) -> bool:
-    """Whether `error` (or its cause) says the Hub was unreachable and the cache lacked files."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+# Architectures (Hugging Face model classes) whose tiny checkpoints the tests run every
+# method on; others that TransformerLens's bridge supports load, with a warning.
+TESTED_ARCHITECTURES = (
+    "GPT2LMHeadModel",
+    "GPTNeoXForCausalLM",
+    "Gemma2ForCausalLM",
+    "Qwen2ForCausalLM",
+)
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
+
+def _hub_error(error: BaseException | None, *names: str) -> BaseException | None:
+    """The first error in `error`'s chain (causes and contexts) whose class is one of
+    huggingface_hub's `names` (offline, gated, not found, ...), else None."""
+    import huggingface_hub.errors as hub_errors
+
+    types = tuple(getattr(hub_errors, n) for n in names)
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-            return True
+        if isinstance(error, types):
+            return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
-def load_pretrained(hf_id: str, device: torch.device, dtype: torch.dtype) -> TransformerBridge:
-    """A Hugging Face model as a bridge with HookedTransformer numerics (folded LayerNorm)."""
-    try:
-        model = TransformerBridge.boot_transformers(hf_id, device=device, dtype=dtype)
-    except OSError as error:
-        if not _is_offline_error(error):
-            raise
-        raise ModelNotAvailableError(
+def _hub_message(hf_id: str, error: BaseException) -> str | None:
+    """One line for a Hugging Face Hub failure of `hf_id`, or None if `error` is not one."""
+    if _hub_error(error, "LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        return (
             f"the weights of {hf_id!r} are not in the local Hugging Face cache and the Hub "
             f"cannot be reached (offline, or HF_HUB_OFFLINE=1). Fetch them once with network "
             f"access: run this again online, or `hf download {hf_id}` (older huggingface_hub: "
             f"`huggingface-cli download {hf_id}`). "
             f"Offline, use the toy model: load_model('toy-induction')."
-        ) from error
+        )
+    if _hub_error(error, "GatedRepoError"):
+        return (
+            f"{hf_id!r} is a gated model: accept its licence at https://huggingface.co/{hf_id} "
+            "while logged in, then set HF_TOKEN (in the environment or the project's .env, "
+            "which git ignores) or run `hf auth login`"
+        )
+    if _hub_error(error, "RepositoryNotFoundError"):
+        return (
+            f"no Hugging Face model {hf_id!r} (check the id; a private model needs HF_TOKEN); "
+            f"known names: {sorted(PRETRAINED_MODELS)}"
+        )
+    return None
+
+
+def _unsupported(source: str, architectures: list[str]) -> str:
+    return (
+        f"model {source!r} is a {'/'.join(architectures) or 'model of unknown'} architecture, "
+        "which TransformerLens's bridge does not support; tested here: "
+        + ", ".join(TESTED_ARCHITECTURES)
+    )
+
+
+def _check_architecture(source: str, architectures: list[str]) -> None:
+    """A one-line error when TransformerLens's bridge supports none of `architectures`; a
+    warning when it does but this project does not test them."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    if not any(a in SUPPORTED_ARCHITECTURES for a in architectures):
+        raise ValueError(_unsupported(source, architectures))
+    if not any(a in TESTED_ARCHITECTURES for a in architectures):
+        warnings.warn(
+            f"{source}: {'/'.join(architectures)} loads through TransformerLens's bridge but "
+            "this project's methods are tested on " + ", ".join(TESTED_ARCHITECTURES),
+            stacklevel=3,
+        )
+
+
+def load_pretrained(
+    hf_id: str, device: torch.device, dtype: torch.dtype, n_devices: int = 1
+) -> TransformerBridge:
+    """A Hugging Face model (id or local checkpoint directory) as a bridge with
+    HookedTransformer numerics (folded LayerNorm); `n_devices` > 1 splits its layers over
+    that many GPUs (TransformerLens's `n_devices`)."""
+    split = {"n_devices": n_devices} if n_devices > 1 else {"device": device}
+    if n_devices > 1 and torch.cuda.device_count() < n_devices:
+        raise ValueError(
+            f"model.n_devices={n_devices} needs {n_devices} CUDA GPUs; "
+            f"this machine has {torch.cuda.device_count()}"
+        )
+    try:
+        model = TransformerBridge.boot_transformers(hf_id, dtype=dtype, **split)
+    except OSError as error:
+        message = _hub_message(hf_id, error)
+        if message is None:
+            raise
+        raise ModelNotAvailableError(message) from error
+    except ValueError as error:
+        if "Could not determine supported architecture" not in str(error):
+            raise
+        raise ValueError(_unsupported(hf_id, [])) from error
     model.enable_compatibility_mode(disable_warnings=True)
+    if any(p.dtype != dtype for p in model.parameters()):  # Qwen2's folded q/k/v: float32
+        model.to(dtype)
     return model
 
 
@@ -118,22 +192,38 @@ def local_checkpoint(name: str) -> Path | None:
     path = Path(name).expanduser()
     if not path.is_dir():
         return None
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"model {name!r} is a directory but not a Hugging Face checkpoint (no config.json): "
-            "point it at the save_pretrained output of a model and its tokenizer"
+    missing = [
+        what
+        for what, patterns in (
+            ("config.json", ("config.json",)),
+            ("weights", WEIGHT_FILES),
+            ("tokenizer", TOKENIZER_FILES),
         )
+        if not any(any(path.glob(p)) for p in patterns)
+    ]
+    if missing:
+        raise ValueError(
+            f"model {name!r} is a directory but not a Hugging Face checkpoint (no "
+            f"{', '.join(missing)}): point it at the save_pretrained output of a model and "
+            "its tokenizer"
+        )
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    _check_architecture(name, list(config.get("architectures") or []))
     return path.resolve()
 
 
 def load_model(
-    name: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32"
+    name: str,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    n_devices: int = 1,
 ) -> torch.nn.Module:
     """The model `name` in eval mode on `device`.
 
     `name` is a toy model (`toy-induction`, trained and cached on first use, offline), a short
     pretrained name (`gpt2-small`, ...), a Hugging Face id containing `/`, or the directory
     of a local checkpoint (`save_pretrained` output of the model and its tokenizer).
+    `n_devices` > 1 splits a pretrained model's layers over that many GPUs.
     """
     resolved_device = resolve_device(device)
     resolved_dtype = parse_dtype(dtype)
@@ -141,10 +231,10 @@ def load_model(
         return load_toy_model(name, device=resolved_device, dtype=resolved_dtype)
     local = local_checkpoint(name)
     if local is not None:
-        return load_pretrained(str(local), resolved_device, resolved_dtype).eval()
+        return load_pretrained(str(local), resolved_device, resolved_dtype, n_devices).eval()
     if name in PRETRAINED_MODELS or name in PRETRAINED_MODELS.values() or "/" in name:
         hf_id = PRETRAINED_MODELS.get(name, name)
-        return load_pretrained(hf_id, resolved_device, resolved_dtype).eval()
+        return load_pretrained(hf_id, resolved_device, resolved_dtype, n_devices).eval()
     known = sorted(TOY_MODELS) + sorted(PRETRAINED_MODELS)
     raise ValueError(
         f"unknown model {name!r}; known: {known}, a Hugging Face id such as 'org/model', or "

@@ -28,6 +28,7 @@ from src.utils.validation import ConfigError, FieldError, Float, check
 Dtype = Literal["float32", "float16", "bfloat16"]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
 # Indices to sweep: a list, or every index.
 Indices = tuple[StrictInt, ...] | Literal["all"]
 # Keep in sync with src.analysis.metrics.METRICS (a test checks).
@@ -65,9 +66,13 @@ class ExperimentMeta(Section):
 
 
 class ModelConfig(Section):
+    """The model: a table name, a Hugging Face id or a local checkpoint directory."""
+
     name: StrictStr
     device: StrictStr = "auto"
     dtype: Dtype = "float32"
+    n_devices: PositiveInt = 1  # > 1: split a pretrained model's layers over that many GPUs
+    memory_gb: PositiveFloat | None = None  # memory to plan for; None: the device's free memory
 
 
 class DataConfig(Section):
