@@ -9,6 +9,7 @@ of CLAUDE.md / AGENTS.md refreshed when the output lies inside this project.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +18,20 @@ from typing import Any, TextIO
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def load_env_file(path: Path = PROJECT_ROOT / ".env") -> None:
+    """Export the ``KEY=value`` lines of ``path`` (HF_TOKEN, WANDB_API_KEY, ...) that the
+    environment does not set already; git ignores the file, so secrets stay out of commits."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip().strip("\"'"))
+
+
+load_env_file()
 
 
 def refresh_docs(written: Path | None, out: TextIO = sys.stdout) -> None:

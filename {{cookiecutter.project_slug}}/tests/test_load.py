@@ -214,3 +214,21 @@ def test_half_precision_checkpoints_load_and_agree(arch, dtype, tiny_checkpoints
         full = pretrained_model(arch)(tokens).log_softmax(-1)
     tol = 0.05 if dtype == "bfloat16" else 0.01
     torch.testing.assert_close(half, full, rtol=0, atol=tol)
+
+
+def test_env_file_exports_unset_variables(tmp_path, monkeypatch):
+    """HF_TOKEN in the project's .env reaches the Hugging Face libraries; the environment
+    wins over the file."""
+    import os
+
+    from scripts.common import load_env_file
+
+    env = tmp_path / ".env"
+    env.write_text('# secrets\nHF_TOKEN="hf_abc"\nexport WANDB_API_KEY=xyz\nSET_ALREADY=file\n')
+    for key in ("HF_TOKEN", "WANDB_API_KEY"):
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SET_ALREADY", "environment")
+    load_env_file(env)
+    assert os.environ["HF_TOKEN"] == "hf_abc" and os.environ["WANDB_API_KEY"] == "xyz"
+    assert os.environ["SET_ALREADY"] == "environment"
