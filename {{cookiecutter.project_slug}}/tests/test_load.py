@@ -178,7 +178,9 @@ def test_hub_refusals_are_one_clear_line(kind, expected, monkeypatch):
 def test_unsupported_architecture_is_a_clear_error(tmp_path):
     import json
 
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MyResearchNetForCausalLM"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["MyResearchNetForCausalLM"]})
+    )
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match=r"MyResearchNetForCausalLM architecture, which "
