@@ -76,14 +76,35 @@ def run_name(source: Any) -> str:
     return "sae_analysis_" + label.replace("/", "-")
 
 
+def context_size(sae: Any, n_ctx: int, args: argparse.Namespace) -> int:
+    """--context-size, else the SAE's training context (at most the model's)."""
+    return args.context_size or min(int(sae.cfg.metadata.context_size or DEFAULT_CONTEXT), n_ctx)
+
+
+def check_memory(model_name: str, sae: Any, args: argparse.Namespace) -> None:
+    """Stop before loading a model that, with a forward on a batch, does not fit the device
+    (InsufficientMemoryError, one line); models of unknown dimensions are not checked."""
+    from src.models.load import parse_dtype, resolve_device
+    from src.models.memory import check_fits, free_memory_gb, model_dims
+
+    dims = model_dims(model_name)
+    if dims is None:
+        return
+    device = resolve_device(args.device)
+    dtype = str(parse_dtype(args.dtype)).removeprefix("torch.")
+    seq_len = context_size(sae, dims.n_ctx, args)
+    check_fits(
+        model_name, dims, dtype, args.batch_size, seq_len, free_memory_gb(device),
+        device=str(device),
+    )  # fmt: skip
+
+
 def analysis_tokens(model: Any, model_name: str, sae: Any, args: argparse.Namespace) -> Any:
     """``--n-tokens`` tokens of the dataset in sequences of the SAE's context (or the flag)."""
     from src.data.loading import token_chunks
     from src.models.toy import TOY_MODELS
 
-    context = args.context_size or min(
-        int(sae.cfg.metadata.context_size or DEFAULT_CONTEXT), model.cfg.n_ctx
-    )
+    context = context_size(sae, model.cfg.n_ctx, args)
     dataset = args.dataset or ("induction" if model_name in TOY_MODELS else "text")
     if dataset == "text" and args.path is None:
         raise ValueError("--dataset text needs --path FILE, a local text file to analyse on")
@@ -99,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     from src.experiments.sae_analysis import run_sae_analysis
     from src.models.load import ModelNotAvailableError, bos_token_id, load_model
+    from src.models.memory import InsufficientMemoryError
     from src.models.saes import NEURONPEDIA, load_sae, resolve_sae
     from src.utils.files import project_path
     from src.visualization.figures import draw_figures
@@ -111,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         hook_name = args.hook or sae.cfg.metadata.hook_name
         if not model_name or not hook_name:
             raise ValueError("the SAE does not name its model and hook point: pass --model, --hook")
+        check_memory(model_name, sae, args)
         print(f"loading model {model_name} (device={args.device})", file=sys.stderr)
         model = load_model(model_name, device=args.device, dtype=args.dtype)
         tokens, dataset = analysis_tokens(model, model_name, sae, args)
@@ -123,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             n_features=args.n_features, k=args.k, batch_size=args.batch_size,
             ignore_tokens=ignore, progress=True,
         )  # fmt: skip
-    except (ValueError, OSError, ModelNotAvailableError) as e:  # SAENotAvailableError included
+    except (ValueError, OSError, ModelNotAvailableError, InsufficientMemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     where = {"sae_path": project_path(source.path)} if source.path else {}

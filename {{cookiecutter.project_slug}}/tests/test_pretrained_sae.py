@@ -321,9 +321,15 @@ def test_cli_analyses_a_saved_sae_on_the_toy(toy_model, tmp_path, monkeypatch, c
     assert "explained_variance" in out
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert cli.main(["--sae", "no-such-release"]) == 2
     assert cli.main(["--sae", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-2].startswith("error: unknown SAE release 'no-such-release'")
     assert err[-1].startswith("error: SAE") and "not a saved SAE" in err[-1]
+    # the memory check runs before the model loads
+    save_random_sae(tmp_path / "sae", 64, "blocks.0.hook_resid_pre", "toy-induction")
+    monkeypatch.setattr("src.models.memory.free_memory_gb", lambda device: 1e-6)
+    assert cli.main(["--sae", str(tmp_path / "sae"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: toy-induction needs about") and "loading model" not in err[-2]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from src.models.families import Family, load_families
-from src.models.load import ModelNotAvailableError, _is_offline_error, parse_dtype, resolve_device
+from src.models.load import ModelNotAvailableError, _hub_error, parse_dtype, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -193,7 +193,7 @@ def load_sae(
     try:
         sae = SAE.from_pretrained(where.release, where.sae_id, device=device, dtype=dtype)
     except OSError as error:
-        if not _is_offline_error(error):
+        if not _hub_error(error, "LocalEntryNotFoundError", "OfflineModeIsEnabled"):
             raise
         lookup = registry()[where.release]
         folder = lookup.saes_map[where.sae_id]
