@@ -55,6 +55,12 @@ COMMANDS = [
         "scripts/train_sae.py",
     ),
     (
+        "Feature analysis of a saved SAE; pretrained SAELens SAEs, linked to Neuronpedia: "
+        "--sae gpt2-small-res-jb --layer 8 --path FILE (a release, release/id or folder)",
+        "python scripts/analyze_sae.py --sae data/results/sae_toy_l0/sae",
+        "scripts/analyze_sae.py",
+    ),
+    (
         "Rebuild every figure from data/results/ into notebooks/figures/",
         "python -m src.visualization.generate_all",
         "src/visualization/generate_all.py",

@@ -162,3 +162,14 @@ def test_final_norm_linear_is_ln_final_up_to_scale_and_bias(toy_model):
     W_dec = torch.randn(2, toy_model.cfg.d_model)
     logits = decoder_logits(W_dec, toy_model.W_U, [0, 1], norm)
     assert torch.allclose(logits, norm(W_dec) @ toy_model.W_U.detach(), atol=1e-5)
+
+
+def test_feature_stats_leave_out_ignored_tokens():
+    """Token 108 (seq 1, pos 3, latent 0's 5.0) and 110 (seq 2, pos 0, its 1.0) ignored:
+    neither counted nor shown, and the density is over the 13 other tokens."""
+    stats = feature_stats(identity_sae(), [(TOKENS, ACTS)], k=3, ignore_tokens=[108, 110])
+    assert stats.n_tokens == 15 and stats.n_ignored == 2
+    assert stats.counts.tolist() == [1, 1, 13, 0, 1, 0]
+    assert stats.density.tolist() == [n / 13 for n in (1, 1, 13, 0, 1, 0)]
+    (f0,) = top_contexts(stats, [0])
+    assert [(e["seq"], e["pos"], e["activation"]) for e in f0["examples"]] == [(0, 1, 2.0)]

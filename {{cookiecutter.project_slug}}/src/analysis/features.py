@@ -8,10 +8,12 @@ what it writes.
   promotes (and suppresses) directly, as in the logit lens.
 
 ``feature_stats`` takes ``(tokens, activations)`` chunks (one pass, one chunk in memory at a
-time); ``store_chunks`` feeds it from an ``ActivationStore``; ``feature_report`` gathers all
-three as plain data, which the SAE runner saves beside the SAE for the figures. (sae-vis and sae-dashboard
-cannot be installed beside transformer-lens 3; this is the small part of them we need.)
-``src.visualization.features`` draws the results.
+time); ``store_chunks`` feeds it from an ``ActivationStore``, ``model_chunks`` from forwards of
+a model on tokens (for an SAE with no cache of its own, e.g. a pretrained one);
+``feature_report`` gathers all three as plain data, with each latent's Neuronpedia page when
+the SAE has one, which the runners save beside the SAE for the figures. (sae-vis and
+sae-dashboard cannot be installed beside transformer-lens 3; this is the small part of them
+we need.) ``src.visualization.features`` draws the results.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from src.analysis.forward import capture, hook_points
 from src.analysis.norms import final_norm_linear
 from src.analysis.tokens import Decode, token_decoder
+from src.models.saes import neuronpedia_url, sae_neuronpedia_id
 
 Chunk = tuple[Tensor, Tensor]  # tokens [n_seq, ctx], activations [n_seq, ctx, d_in]
 
@@ -37,7 +41,8 @@ class FeatureStats:
 
     ``top_values[j, f]`` is latent ``f``'s ``j``-th largest activation (descending) at the
     flat token index ``top_indices[j, f]`` (``seq * ctx + pos`` into ``tokens``); ``-1`` /
-    ``-inf`` where fewer than ``k`` tokens were seen.
+    ``-inf`` where fewer than ``k`` tokens were seen. Ignored tokens (``n_ignored`` of the
+    ``n_tokens``) count as silent for every latent and are left out of the density.
     """
 
     counts: Tensor  # [d_sae] tokens on which the latent is > 0
@@ -45,11 +50,12 @@ class FeatureStats:
     top_values: Tensor  # [k, d_sae]
     top_indices: Tensor  # [k, d_sae] int64
     tokens: Tensor  # [n_seq, ctx] int64, all cached tokens
+    n_ignored: int = 0
 
     @property
     def density(self) -> Tensor:
-        """Fraction of tokens on which each latent fires, [d_sae]."""
-        return self.counts.double() / max(self.n_tokens, 1)
+        """Fraction of the (not ignored) tokens on which each latent fires, [d_sae]."""
+        return self.counts.double() / max(self.n_tokens - self.n_ignored, 1)
 
     @property
     def dead(self) -> Tensor:
@@ -74,9 +80,10 @@ class _Running:
         self.top_values = torch.full((self.k, d_sae), -math.inf, device=device)
         self.top_indices = torch.full((self.k, d_sae), -1, dtype=torch.long, device=device)
 
-    def add(self, flat: Tensor, offset: int) -> None:
+    def add(self, flat: Tensor, offset: int, keep: Tensor | None = None) -> None:
         """Encode activations ``flat`` [n_tokens, d_in] whose first token has flat index
-        ``offset``, ``batch_size`` tokens at a time."""
+        ``offset``, ``batch_size`` tokens at a time; where ``keep`` [n_tokens] is False the
+        latents count as 0."""
         if flat.shape[1] != self.sae.cfg.d_in:
             raise ValueError(
                 f"activations have d={flat.shape[1]} but the SAE's d_in is {self.sae.cfg.d_in}"
@@ -85,6 +92,8 @@ class _Running:
         for start in range(0, flat.shape[0], self.batch_size):
             latents = self.sae.encode(flat[start : start + self.batch_size].to(device, dtype))
             latents = latents.float()
+            if keep is not None:
+                latents *= keep[start : start + self.batch_size, None].to(device)
             self.counts += (latents > 0).sum(0)
             batch_values, batch_order = latents.topk(min(self.k, latents.shape[0]), dim=0)
             values = torch.cat([self.top_values, batch_values])
@@ -111,11 +120,16 @@ def feature_stats(
     k: int = 10,
     batch_size: int = 1024,
     max_tokens: int | None = None,
+    ignore_tokens: Sequence[int] = (),
     progress: bool = False,
 ) -> FeatureStats:
     """Firing counts and each latent's top ``k`` activations over ``chunks`` of
     ``(tokens [n_seq, ctx], activations [n_seq, ctx, d_in])`` (trailing activation
     dimensions are flattened), encoded ``batch_size`` tokens at a time on the SAE's device.
+
+    ``ignore_tokens``: token ids whose positions are left out (e.g. BOS, whose residual
+    stream is an outlier that many latents of a pretrained SAE fire on; Neuronpedia leaves
+    it out too).
 
     ``max_tokens``: stop after the first sequences holding at least this many tokens (the
     statistics of a large cache settle long before its end). Memory: one batch of latents
@@ -127,14 +141,19 @@ def feature_stats(
         raise ValueError(f"max_tokens must be > 0 or None, got {max_tokens}")
     running = _Running(sae, k, batch_size)
     all_tokens: list[Tensor] = []
-    offset, ctx = 0, None
+    offset, ctx, n_ignored = 0, None, 0
+    ignored = torch.tensor(list(ignore_tokens), dtype=torch.long)
     for tokens, acts in tqdm(chunks, desc="encoding", unit="chunk", disable=not progress):
         _check_chunk(tokens, acts, ctx)
         ctx = tokens.shape[1]
         if max_tokens is not None:
-            keep = math.ceil((max_tokens - offset) / ctx)
-            tokens, acts = tokens[:keep], acts[:keep]
-        running.add(acts.reshape(tokens.numel(), -1), offset)
+            n_seq = math.ceil((max_tokens - offset) / ctx)
+            tokens, acts = tokens[:n_seq], acts[:n_seq]
+        keep = None
+        if len(ignored):
+            keep = ~torch.isin(tokens.reshape(-1).cpu().long(), ignored)
+            n_ignored += int((~keep).sum())
+        running.add(acts.reshape(tokens.numel(), -1), offset, keep)
         all_tokens.append(tokens.cpu().long())
         offset += tokens.numel()
         if max_tokens is not None and offset >= max_tokens:
@@ -147,6 +166,7 @@ def feature_stats(
         running.top_values.cpu(),
         running.top_indices.cpu(),
         torch.cat(all_tokens),
+        n_ignored,
     )
 
 
@@ -158,6 +178,33 @@ def store_chunks(store: Any, hook_name: str) -> Iterator[Chunk]:
     for path in store.shard_paths:
         with safe_open(str(path), framework="pt") as shard:
             yield shard.get_tensor("tokens"), shard.get_tensor(hook_name)
+
+
+@torch.no_grad()
+def model_chunks(
+    model: Any,
+    tokens: Tensor,
+    hook_name: str,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "forward",
+) -> Iterator[Chunk]:
+    """``(tokens, activations)`` of ``model``'s hook ``hook_name`` on ``tokens`` [n_seq, ctx],
+    ``batch_size`` sequences per forward, each forward stopped once the hook has fired
+    (a progress bar labelled ``desc`` if ``progress``)."""
+    points = hook_points(model)
+    if hook_name not in points:
+        raise ValueError(f"the model has no hook point {hook_name!r} (the SAE's hook_name)")
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [n_seq, ctx], got {tuple(tokens.shape)}")
+    device = next(model.parameters()).device
+    for start in tqdm(
+        range(0, len(tokens), batch_size), desc=desc, unit="batch", disable=not progress
+    ):
+        batch = tokens[start : start + batch_size]
+        _, acts = capture(model, points, batch.to(device), [hook_name], logits=False)
+        yield batch.cpu(), acts[hook_name]
 
 
 def store_feature_stats(
@@ -283,36 +330,51 @@ def decoder_top_tokens(
 def feature_report(
     sae: Any,
     model: Any,
-    store: Any,
+    activations: Any,
     hook_name: str,
     *,
     n_features: int = 20,
     k: int = 10,
     k_tokens: int = 10,
     max_tokens: int | None = 2**20,
+    ignore_tokens: Sequence[int] = (),
+    neuronpedia_id: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """What the SAE feature figures show, as JSON-able data: the density of every latent
-    over the store's first ``max_tokens`` tokens, ``n_features`` live latents
+    over the first ``max_tokens`` tokens of ``activations`` (an ``ActivationStore``, or
+    ``(tokens, activations)`` chunks such as `model_chunks`), ``n_features`` live latents
     (`choose_features`), their top ``k`` contexts and the ``k_tokens`` tokens each decoder
-    direction promotes and suppresses through ``model``'s unembedding.
+    direction promotes and suppresses through ``model``'s unembedding; positions of
+    ``ignore_tokens`` left out (`feature_stats`).
 
-    ``{"hook_name", "n_tokens", "density", "features", "joiner" (between context tokens),
-    "contexts" (`top_contexts`), "decoder" (`decoder_top_tokens`, feature keys as text)}``.
+    ``{"hook_name", "n_tokens", "n_ignored", "density", "features", "joiner" (between context tokens),
+    "contexts" (`top_contexts`), "decoder" (`decoder_top_tokens`, feature keys as text),
+    "neuronpedia_id", "links" (feature as text -> its Neuronpedia page; empty without an
+    id)}``. ``neuronpedia_id``: default the SAE's own (``SAE.from_pretrained`` sets it).
     """
-    stats = store_feature_stats(
-        sae, store, hook_name, k=k, max_tokens=max_tokens, progress=progress
-    )
+    if hasattr(activations, "shard_paths"):
+        activations = store_chunks(activations, hook_name)
+    stats = feature_stats(
+        sae, activations, k=k, max_tokens=max_tokens, ignore_tokens=ignore_tokens,
+        progress=progress,
+    )  # fmt: skip
     features = choose_features(stats.density, n_features)
     decode = token_decoder(model)
     logits = decoder_logits(sae.W_dec, model.W_U, features, final_norm_linear(model))
     decoder = decoder_top_tokens(logits, features, k=k_tokens, decode=decode)
+    neuronpedia_id = neuronpedia_id or sae_neuronpedia_id(sae)
     return {
         "hook_name": hook_name,
         "n_tokens": stats.n_tokens,
+        "n_ignored": stats.n_ignored,
         "density": stats.density.tolist(),
         "features": features,
         "joiner": "" if getattr(model, "tokenizer", None) is not None else " ",
         "contexts": top_contexts(stats, features, decode=decode),
         "decoder": {str(f): entry for f, entry in decoder.items()},
+        "neuronpedia_id": neuronpedia_id,
+        "links": {str(f): neuronpedia_url(neuronpedia_id, f) for f in features}
+        if neuronpedia_id
+        else {},
     }

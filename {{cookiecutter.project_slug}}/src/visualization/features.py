@@ -2,7 +2,8 @@
 
 Drawn from what ``src.analysis.features`` computes: a density histogram (PNG) and Markdown
 pages of each chosen latent's top-activating contexts and of the tokens its decoder
-direction promotes and suppresses through the unembedding.
+direction promotes and suppresses through the unembedding; each latent's heading links to
+its Neuronpedia page when the report has one (a pretrained SAE that Neuronpedia hosts).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def plot_feature_density(
     return path
 
 
+def _heading(feature: int, links: dict[int, str] | None) -> str:
+    """``## Feature f``, with a link to its Neuronpedia page when ``links`` has one."""
+    url = (links or {}).get(int(feature))
+    return f"## Feature {feature}" + (f" ([Neuronpedia]({url}))" if url else "")
+
+
 def _show(token: str) -> str:
     return (
         token.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
@@ -71,15 +78,17 @@ def contexts_markdown(
     title: str = "Top-activating contexts",
     joiner: str = " ",
     promoted: dict[int, dict[str, Any]] | None = None,
+    links: dict[int, str] | None = None,
 ) -> str:
     """`top_contexts` as Markdown: per latent its density, then one line per example,
     ``activation  seq:pos  context`` with the activating token in ``[[ ]]``. ``joiner``
     goes between tokens (" " for ids, "" for text tokens that carry their own spaces).
-    ``promoted``: `decoder_top_tokens` entries by feature, shown with each latent."""
+    ``promoted``: `decoder_top_tokens` entries by feature, shown with each latent;
+    ``links``: each latent's Neuronpedia page, linked from its heading."""
     lines = [f"# {title}", ""]
     for entry in contexts:
         f = entry["feature"]
-        lines += [f"## Feature {f}", "", f"Density: {entry['density']:.3g} of tokens.", ""]
+        lines += [_heading(f, links), "", f"Density: {entry['density']:.3g} of tokens.", ""]
         if promoted and f in promoted:
             up = ", ".join(repr(t) for t, _ in promoted[f]["promoted"])
             down = ", ".join(repr(t) for t, _ in promoted[f]["suppressed"])
@@ -106,12 +115,15 @@ def save_contexts_markdown(contexts: list[dict[str, Any]], path: str | Path, **k
     return path
 
 
-def decoder_markdown(top_tokens: dict[int, dict[str, Any]], *, title: str) -> str:
-    """`decoder_top_tokens` as Markdown: one table per latent, promoted beside suppressed."""
+def decoder_markdown(
+    top_tokens: dict[int, dict[str, Any]], *, title: str, links: dict[int, str] | None = None
+) -> str:
+    """`decoder_top_tokens` as Markdown: one table per latent, promoted beside suppressed;
+    ``links``: each latent's Neuronpedia page, linked from its heading."""
     lines = [f"# {title}", ""]
     for f, entry in top_tokens.items():
         lines += [
-            f"## Feature {f}",
+            _heading(f, links),
             "",
             "| promoted | logit | suppressed | logit |",
             "|---|---:|---|---:|",
@@ -130,10 +142,14 @@ def _table_cell(token: str) -> str:
 
 
 def save_decoder_markdown(
-    top_tokens: dict[int, dict[str, Any]], path: str | Path, *, title: str
+    top_tokens: dict[int, dict[str, Any]],
+    path: str | Path,
+    *,
+    title: str,
+    links: dict[int, str] | None = None,
 ) -> Path:
     """Write `decoder_markdown` (atomically); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, decoder_markdown(top_tokens, title=title) + "\n")
+    write_text_atomic(path, decoder_markdown(top_tokens, title=title, links=links) + "\n")
     return path

@@ -137,7 +137,8 @@ def sae_features(
 ) -> list[str]:  # fmt: skip
     """Feature density (``{name}_feature_density.png``), decoder directions through the
     unembedding (``{name}_decoder_logits.md``) and top-activating contexts
-    (``{name}_top_contexts.md``) from the feature report the SAE run saved."""
+    (``{name}_top_contexts.md``) from the feature report the SAE run saved; each latent
+    links to its Neuronpedia page where the report has one."""
     from src.visualization import features as F
 
     missing = Unavailable("rerun the SAE training to store its feature report (features.json)")
@@ -148,14 +149,16 @@ def sae_features(
     png = figures_dir / f"{name}_feature_density.png"
     made = [str(F.plot_feature_density(density, png, title=title))]
     promoted = {int(f): entry for f, entry in report["decoder"].items()}
+    links = {int(f): url for f, url in report.get("links", {}).items()}  # none in older reports
     title = f"{name}: tokens promoted by decoder directions (W_dec @ W_U)"
     md = figures_dir / f"{name}_decoder_logits.md"
-    made.append(str(F.save_decoder_markdown(promoted, md, title=title)))
+    made.append(str(F.save_decoder_markdown(promoted, md, title=title, links=links)))
     title = f"{name}: top-activating contexts ({report['hook_name']})"
     md = figures_dir / f"{name}_top_contexts.md"
     made.append(
         str(F.save_contexts_markdown(
-            report["contexts"], md, title=title, joiner=report["joiner"], promoted=promoted
+            report["contexts"], md, title=title, joiner=report["joiner"], promoted=promoted,
+            links=links,
         ))
     )  # fmt: skip
     return made
