@@ -2,13 +2,18 @@
 
     python scripts/cache_activations.py --model toy-induction --layer 0
     python scripts/cache_activations.py --model gpt2-small --layer 8 --dataset text \
-        --path data/datasets/train.txt --n-tokens 1000000
+        --n-tokens 1000000
+    python scripts/cache_activations.py --model path/to/checkpoint --layer 1 --dataset text \
+        --dataset-path data/datasets/train.txt
     python scripts/cache_activations.py --config configs/sae_training.yaml --n-tokens 1000000
 
 Writes data/activations/{model}_{layer}_{dataset}_{n_tokens}/ (shards + metadata.json; see
-src/data/activation_cache.py). An interrupted run keeps its complete shards: rerun the same
-command to resume. Defaults (without --config): dataset "induction" for toy models and
-"text" otherwise, 32768 tokens, context min(n_ctx, 128), the model's dtype.
+src/data/activation_cache.py); for text, {dataset} is the source's short name (openwebtext,
+a file's stem). An interrupted run keeps its complete shards: rerun the same command to
+resume. Defaults (without --config): dataset "induction" for toy models and "text"
+otherwise, read from --dataset-path (a .txt or .jsonl file, a save_to_disk directory or a
+Hugging Face dataset id) or else the model's dataset in src/models/families.yaml (streamed
+from the Hub), 32768 tokens, context min(n_ctx, 128), the model's dtype.
 """
 
 from __future__ import annotations
@@ -41,9 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "internals); several comma-separated",
     )
     parser.add_argument(
-        "--dataset", help="induction, text (needs --path), ioi; default: induction for toy models"
+        "--dataset", help="induction, text, ioi; default: induction for toy models, else text"
     )
-    parser.add_argument("--path", help="text file for --dataset text")
+    parser.add_argument(
+        "--dataset-path",
+        "--path",
+        dest="path",
+        help="for --dataset text: a .txt or .jsonl file, a save_to_disk directory or a Hugging "
+        "Face dataset id (default: the model's dataset in src/models/families.yaml)",
+    )
     parser.add_argument(
         "--n-tokens",
         type=int,
@@ -116,6 +127,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             settings[key] = getattr(args, key)
     if settings["model"] is None or settings["layer"] is None:
         raise ValueError("--model and --layer are required (or a --config that sets them)")
+    if settings["dataset"] is None:
+        from src.models.toy import TOY_MODELS
+
+        settings["dataset"] = "induction" if settings["model"] in TOY_MODELS else "text"
+    if settings["dataset"] == "text":  # before the model loads: no dataset, no wait
+        from src.data.text_sources import resolve_text_source
+
+        settings["path"] = resolve_text_source(settings["path"], settings["model"])
     checks = {
         "n_tokens": settings["n_tokens"],
         "context_size": settings["context_size"],
@@ -168,14 +187,11 @@ def load_tokens(model, settings: dict):
 
 
 def load_inputs(settings: dict) -> tuple[Any, list[str], Any]:
-    """The model, the hook names to cache and the token ids, filling in the settings' dataset
-    and context size defaults."""
+    """The model, the hook names to cache and the token ids, filling in the settings'
+    context size default."""
     from src.models.load import load_model
-    from src.models.toy import TOY_MODELS
 
     name = settings["model"]
-    if settings["dataset"] is None:
-        settings["dataset"] = "induction" if name in TOY_MODELS else "text"
     model = load_model(name, device=settings["device"], dtype=settings["model_dtype"])
     names = hook_names(model, settings["layer"], settings["hook_point"])
     if settings["context_size"] is None:
@@ -211,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from src.data.activation_cache import cache_activations, cache_name
+    from src.data.text_sources import dataset_short_name
     from src.models.load import ModelNotAvailableError, parse_dtype
     from src.utils.config import ConfigError
 
@@ -221,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = resolve_settings(args)
         store_dtype = parse_dtype(settings["dtype"]) if settings["dtype"] else None
         model, names, tokens = load_inputs(settings)
+        dataset_name = dataset_short_name(settings["dataset"], settings["path"])
         out_dir = args.out_dir or Path("data/activations") / cache_name(
-            settings["model"], settings["layer"], settings["dataset"], settings["n_tokens"]
+            settings["model"], settings["layer"], dataset_name, settings["n_tokens"]
         )
         device = next(model.parameters()).device
         print(

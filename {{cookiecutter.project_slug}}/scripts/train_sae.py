@@ -2,10 +2,14 @@
 
     python scripts/train_sae.py --model toy-induction --layer 0
     python scripts/train_sae.py --model gpt2-small --layer 8
+    python scripts/train_sae.py --model path/to/checkpoint --layer 4 --dataset-path corpus.jsonl
     python scripts/train_sae.py --config configs/sae_training.yaml --architecture topk
 
 Everything not given as a flag comes from ``--config``: by default
 ``configs/toy_sae_training.yaml`` for toy models and ``configs/sae_training.yaml`` otherwise.
+Text comes from ``--dataset-path`` (``data.path``: a .txt or .jsonl file, a save_to_disk
+directory or a Hugging Face dataset id), else from the model's default dataset in
+``src/models/families.yaml`` (streamed from the Hub; a local checkpoint has none).
 Caches the activations first when ``data/activations/`` lacks them (see
 src/experiments/sae_training.py), saves the SAE in SAELens's format in
 ``<results_dir>/sae/`` and writes the JSON log (L0, explained variance, dead fraction,
@@ -56,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--k", type=int, help="sae.k, latents per token (topk, batchtopk)")
     parser.add_argument("--n-tokens", type=int, help="training.n_tokens (tokens to train on)")
+    parser.add_argument(
+        "--dataset-path",
+        help="data.path: text as a .txt or .jsonl file, a save_to_disk directory or a Hugging "
+        "Face dataset id (default: the model's dataset in src/models/families.yaml)",
+    )
     parser.add_argument("--device", help="model.device: cpu, cuda, mps or auto")
     parser.add_argument("--results-dir", type=Path, help="output.results_dir")
     parser.add_argument("--notes", default="", help="free-text notes stored in the log")
@@ -84,9 +93,12 @@ def apply_overrides(cfg, args: argparse.Namespace):
         sae["k"] = cfg.sae.k
         if sae["k"] is None:
             raise ConfigError(f"--architecture {args.architecture} needs --k (latents per token)")
+    if args.dataset_path is not None and cfg.data.dataset != "text":
+        raise ConfigError(f"--dataset-path needs data.dataset 'text', not {cfg.data.dataset!r}")
     flags = {
         "model": {"name": args.model, "device": args.device},
         "hook": {"layer": args.layer, "hook_point": args.hook_point},
+        "data": {"path": args.dataset_path},
         "sae": sae if args.architecture is not None else {"k": args.k},
         "training": {"n_tokens": args.n_tokens},
         "output": {"results_dir": None if args.results_dir is None else str(args.results_dir)},
@@ -109,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "scripts/train_sae.py", *argv])
     from src.experiments.registry import load_config
+    from src.experiments.sae_training import with_text_source
     from src.utils.config import ConfigError, SAETrainingConfig, config_to_dict
 
     path = config_path(args)
@@ -116,13 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(path)
         if not isinstance(cfg, SAETrainingConfig):
             raise ConfigError(f"{path}: not an SAE training config (no sae section)")
-        cfg = apply_overrides(cfg, args)
-    except ConfigError as e:
+        cfg = with_text_source(apply_overrides(cfg, args))  # before the model: fail fast
+    except ValueError as e:  # ConfigError, or no text dataset for this model
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     start = time.perf_counter()
     from src.data.activation_cache import CacheError
+    from src.data.activation_store import model_short_name
+    from src.data.text_sources import TextSourceError
     from src.experiments.sae_training import run_sae_training
     from src.models.load import ModelNotAvailableError
 
@@ -134,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         results = run_sae_training(model, cfg, progress=True, command=command)
+    except TextSourceError as e:  # names the source already
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, ModelNotAvailableError) as e:  # CacheError included
         return error_exit(e, path, named=CacheError)
     wall_time_s = time.perf_counter() - start
 
-    name = f"sae_{cfg.model.name}_{cfg.hook.name}_{cfg.sae.architecture}".replace("/", "-")
+    model_name = model_short_name(cfg.model.name)  # a checkpoint's folder, never its path
+    name = f"sae_{model_name}_{cfg.hook.name}_{cfg.sae.architecture}".replace("/", "-")
     finish_run(
         name,
         config_to_dict(cfg),

@@ -74,6 +74,13 @@ def test_cache_name_is_the_seed_scheme_and_file_safe():
     assert cache_name("org/model x", 0, "induction", 5) == "org-model-x_0_induction_5"
 
 
+def test_cache_name_of_a_text_source_is_its_short_name():
+    assert (
+        cache_name("gpt2-small", 8, "Skylion007/openwebtext", 10) == "gpt2-small_8_openwebtext_10"
+    )
+    assert cache_name("gpt2-small", 8, "/corpora/train.txt", 10) == "gpt2-small_8_train_10"
+
+
 def test_cache_name_of_a_local_checkpoint_is_its_folder(tmp_path, monkeypatch):
     checkpoint = tmp_path / "ckpts" / "tiny-gpt2"
     checkpoint.mkdir(parents=True)

@@ -113,20 +113,23 @@ def test_contrast_dataset_checks_and_slices() -> None:
 
 
 def test_text_dataset(tmp_path: Path) -> None:
+    """Packed rows in file order: BOS, then the text; a line is a document, and documents
+    in a row are separated by BOS (src/data/text.py; test_text_sources.py for more)."""
     path = tmp_path / "corpus.txt"
-    path.write_text("abcdefghij" * 10)  # 100 characters
-    ds = make_text_dataset(path, CharTokenizer(), 5, 11, bos_token_id=0, seed=0)
+    path.write_text("abcdefghij" * 10)  # one document of 100 characters
+    ds = make_text_dataset(path, CharTokenizer(), 5, 11, bos_token_id=0)
     assert isinstance(ds, TokenDataset) and ds.tokens.shape == (5, 11)
-    assert (ds.tokens[:, 0] == 0).all()
-    assert ds.tokens[0, 1:].tolist() == [ord(c) for c in "abcdefghij"]  # a 10-token chunk
-    again = make_text_dataset(path, CharTokenizer(), 5, 11, bos_token_id=0, seed=0)
-    assert torch.equal(ds.tokens, again.tokens)
+    assert ds.name == "text:corpus" and (ds.tokens[:, 0] == 0).all()
+    assert ds.tokens[:, 1:].tolist() == [[ord(c) for c in "abcdefghij"]] * 5
     no_bos = make_text_dataset(path, CharTokenizer(), 10, 10)
     assert no_bos.tokens.shape == (10, 10) and no_bos.tokens[0, 0] == ord("a")
-    with pytest.raises(ValueError, match="has 100 tokens, 10 chunks of 10; n_samples=11"):
+    with pytest.raises(ValueError, match="has 10 rows of 10 tokens; 11 rows need 110 tokens"):
         make_text_dataset(path, CharTokenizer(), 11, 10)
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    with pytest.raises(ValueError, match="nope.txt': no such file or directory"):
         make_text_dataset(tmp_path / "nope.txt", CharTokenizer(), 1, 10)
+    path.write_text("abc\n\ndefgh\n")  # an empty line is an empty document: nothing
+    two = make_text_dataset(path, CharTokenizer(), 1, 10, bos_token_id=0)
+    assert two.tokens.tolist() == [[0, *map(ord, "abc"), 0, *map(ord, "defgh")]]
 
 
 def test_load_dataset_uses_the_models_vocab_and_bos(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from src.data.text_sources import source_short_name
 from src.utils.files import write_text_atomic
 
 METADATA = "metadata.json"
@@ -56,12 +57,21 @@ class CacheError(ValueError):
 
 def cache_name(model: str, layer: int, dataset: str, n_tokens: int) -> str:
     """The cache folder's name, ``{model}_{layer}_{dataset}_{n_tokens}``, with any character
-    outside ``[A-Za-z0-9._-]`` replaced by ``-`` (Hugging Face ids contain ``/``). A model
-    given as a local checkpoint folder is named by that folder, never by its path."""
+    outside ``[A-Za-z0-9._-]`` replaced by ``-``. A model given as a local checkpoint folder
+    is named by that folder, never by its path; a dataset given as a path or a Hugging Face
+    id by its short name (``Skylion007/openwebtext`` -> ``openwebtext``; see
+    ``src.data.text_sources.dataset_short_name`` for the name of a text dataset)."""
+    name = f"{model_short_name(model)}_{layer}_{source_short_name(dataset)}_{n_tokens}"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
+def model_short_name(model: str) -> str:
+    """``model`` as names of files show it: a local checkpoint folder's own name (never its
+    path), any other name as it is (a Hugging Face id keeps its ``/``)."""
     path = Path(model).expanduser()
     if path.is_absolute() or model.startswith((".", "~")) or path.is_dir():
-        model = path.resolve().name
-    return re.sub(r"[^A-Za-z0-9._-]", "-", f"{model}_{layer}_{dataset}_{n_tokens}")
+        return path.resolve().name
+    return model
 
 
 def dtype_name(dtype: torch.dtype) -> str:

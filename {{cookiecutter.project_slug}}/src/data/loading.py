@@ -38,16 +38,28 @@ def _induction(
 def _text(
     n_samples: int, seq_length: int | None, seed: int, model: Any, path: Any, corruption: Any
 ) -> Dataset:
+    """The first rows of a text source, in its order (``seed`` plays no part)."""
     if seq_length is None:
         raise ValueError("dataset 'text' needs a seq_length (data.seq_length)")
     if corruption is not None:
         raise ValueError("dataset 'text' has no corrupted prompts: leave data.corruption unset")
-    if path is None:
-        raise ValueError("dataset 'text' needs a path to a text file (data.path in the config)")
+    return text_dataset(model, path, n_samples, seq_length)
+
+
+def text_dataset(
+    model: Any, source: str | Path | None, n_samples: int, seq_length: int, *, skip: int = 0
+) -> TokenDataset:
+    """Rows ``skip .. skip + n_samples`` of text ``source`` packed for ``model`` (its
+    tokenizer and BOS; ``src.data.text``)."""
+    if source is None:
+        raise ValueError(
+            "dataset 'text' needs a path (data.path): a .txt or .jsonl file, a save_to_disk "
+            "directory or a Hugging Face dataset id"
+        )
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("dataset 'text' needs a model with a tokenizer (toy models have none)")
     return make_text_dataset(
-        path, model.tokenizer, n_samples, seq_length, bos_token_id=bos_token_id(model), seed=seed
+        source, model.tokenizer, n_samples, seq_length, bos_token_id=bos_token_id(model), skip=skip
     )
 
 
@@ -137,10 +149,16 @@ def dataset_tokens(model: Any, data: SAEDataConfig, n_tokens: int, seed: int) ->
 
 
 def heldout_tokens(model: Any, data: SAEDataConfig, train_tokens: Tensor) -> Tensor:
-    """``data.n_eval_tokens // context_size`` prompts drawn with another seed, none of them
-    in ``train_tokens``. Draws as many candidates as there are prompts in both, so that even
-    when every training prompt comes up again, enough new ones are left."""
+    """``data.n_eval_tokens // context_size`` prompts that are not training prompts.
+
+    Text is read in order: the rows right after the ``len(train_tokens)`` training rows.
+    Other datasets draw with another seed and drop the training prompts, drawing as many
+    candidates as there are prompts in both, so that even when every training prompt comes
+    up again, enough new ones are left."""
     n_seq = data.n_eval_tokens // data.context_size
+    if data.dataset == "text":
+        dataset = text_dataset(model, data.path, n_seq, data.context_size, skip=len(train_tokens))
+        return dataset.tokens
     n_candidates = (n_seq + len(train_tokens)) * data.context_size
     candidates = dataset_tokens(model, data, n_candidates, data.seed + HELDOUT_SEED_OFFSET)
     seen = {row.numpy().tobytes() for row in train_tokens}

@@ -1,19 +1,29 @@
-"""Plain text from a local file, tokenized into fixed-length chunks (a TokenDataset).
+"""Text tokenised and packed into rows of exactly ``context_size`` tokens (a TokenDataset).
+
+Packed as SAELens packs text for training (``concat_and_batch_sequences`` with its defaults,
+``begin_batch_token="bos"`` and ``sequence_separator_token="bos"``): each document is
+tokenised without special tokens, documents follow each other, one BOS starts every row and
+one BOS separates two documents within a row, a document that does not fit continues in
+the next row, and the last partial row is dropped. Without a BOS token (``bos_token_id``
+None) the documents are simply concatenated. Rows come in the source's order, so the rows
+after the first ``n`` are new text (held-out rows take them).
 
 Text has no natural corruption, so it is not a contrast dataset: use it for language-model
-loss, activation caching and SAE training. Each chunk is ``[BOS] + seq_length - 1`` tokens
-of the file (no BOS when ``bos_token_id`` is None); chunks do not overlap, and
-``n_samples`` of them are drawn at random (seeded) and kept in file order.
+loss, activation caching and SAE training. The sources (local files, saved datasets, the
+Hugging Face Hub) are ``src.data.text_sources``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from src.data.dataset import TokenDataset
+from src.data.text_sources import TextSourceError, iter_documents, source_short_name
 
 
 class Tokenizer(Protocol):
@@ -22,33 +32,56 @@ class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
+def pack_rows(
+    documents: Iterable[Sequence[int]], context_size: int, bos_token_id: int | None
+) -> Iterator[list[int]]:
+    """Rows of ``context_size`` token ids from tokenised documents, packed as SAELens does
+    (see the module docstring): a BOS is added only where the next token is not one already."""
+    if context_size < 1 + (bos_token_id is not None):
+        raise ValueError(f"context_size {context_size} leaves no room for text")
+    row: list[int] = []
+    for document in documents:
+        offset = 0
+        while offset < len(document):
+            # Each pass starts a row (row empty) or a document (offset 0): BOS goes here.
+            if bos_token_id is not None and document[offset] != bos_token_id:
+                row.append(bos_token_id)
+            take = context_size - len(row)
+            row.extend(document[offset : offset + take])
+            offset += take
+            if len(row) == context_size:
+                yield row
+                row = []
+
+
+def text_rows(
+    source: str | Path, tokenizer: Tokenizer, context_size: int, bos_token_id: int | None
+) -> Iterator[list[int]]:
+    """The packed rows of ``source`` (``src.data.text_sources``), lazily."""
+    documents = iter_documents(source)
+    tokens = (tokenizer.encode(text, add_special_tokens=False) for text in documents)
+    return pack_rows(tokens, context_size, bos_token_id)
+
+
 def make_text_dataset(
-    path: str | Path,
+    source: str | Path,
     tokenizer: Tokenizer,
     n_samples: int,
     seq_length: int,
     *,
     bos_token_id: int | None = None,
-    seed: int = 0,
+    skip: int = 0,
 ) -> TokenDataset:
-    """``n_samples`` chunks of ``seq_length`` tokens from the text file at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text dataset file not found: {path}")
-    body = seq_length - (bos_token_id is not None)
-    if n_samples <= 0 or body <= 0:
-        raise ValueError(f"need n_samples > 0 and room for text in seq_length {seq_length}")
-    ids = tokenizer.encode(path.read_text(encoding="utf-8"), add_special_tokens=False)
-    n_chunks = len(ids) // body
-    if n_chunks < n_samples:
-        raise ValueError(
-            f"{path} has {len(ids)} tokens, {n_chunks} chunks of {body}; "
-            f"n_samples={n_samples} needs {n_samples * body} tokens"
+    """Rows ``skip .. skip + n_samples`` of ``source`` packed into ``seq_length`` tokens;
+    TextSourceError (a ValueError) when the source has fewer."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    rows = list(islice(text_rows(source, tokenizer, seq_length, bos_token_id), skip + n_samples))
+    if len(rows) < skip + n_samples:
+        after = f" after the first {skip}" if skip else ""
+        raise TextSourceError(
+            f"{source} has {len(rows)} rows of {seq_length} tokens; {n_samples} rows{after} "
+            f"need {(skip + n_samples) * seq_length} tokens of text"
         )
-    chunks = torch.tensor(ids[: n_chunks * body], dtype=torch.long).view(n_chunks, body)
-    generator = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(n_chunks, generator=generator)[:n_samples].sort().values
-    tokens = chunks[keep]
-    if bos_token_id is not None:
-        tokens = torch.cat([torch.full((n_samples, 1), bos_token_id), tokens], dim=1)
-    return TokenDataset(name=f"text:{path.name}", tokens=tokens)
+    tokens = torch.tensor(rows[skip:], dtype=torch.long)
+    return TokenDataset(name=f"text:{source_short_name(source)}", tokens=tokens)

@@ -3,7 +3,8 @@
 ``run_sae_training(model, config)`` does the whole run:
 
 1. Caches the training tokens' activations at the config's hook point in
-   ``data/activations/{model}_{layer}_{dataset}_{n_tokens}`` (the scheme of
+   ``data/activations/{model}_{layer}_{dataset}_{n_tokens}`` ({dataset}: for text, the
+   source's short name, e.g. ``openwebtext``; the scheme of
    ``scripts/cache_activations.py``, with the same tokens, so either script reuses the other's
    cache), and the held-out tokens' in its subfolder ``heldout_{n_eval_tokens}`` (held out
    from that cache's prompts, so it belongs with it). An existing cache is reused after
@@ -19,8 +20,11 @@
 4. Saves what the feature figures show (``feature_report``: density, top contexts, decoder
    directions) as ``features.json`` in the SAE's folder.
 
-Held-out prompts are drawn with another seed and exclude every training prompt, so for a
-text file too (whose chunks are drawn at random) none is seen in training.
+Text (dataset ``text``) comes from ``data.path`` (a .txt or .jsonl file, a save_to_disk
+directory or a Hugging Face dataset id, streamed) or, when it is null, from the model's
+default dataset in ``src/models/families.yaml`` (``with_text_source``), packed into rows as
+SAELens packs it (``src.data.text``); its held-out rows are the ones after the training
+rows. Other datasets draw held-out prompts with another seed and drop every training prompt.
 
 Only light modules are imported at the top: the registry imports every kind's module to
 list the kinds and build the config schema, so listing the kinds or validating a config must
@@ -59,7 +63,8 @@ def run_sae_training(
 
     The SAE trains on the model's device. ``command`` is recorded in new caches' metadata.
     Raises ValueError (CacheError included) for a hook the model lacks, a dataset that
-    cannot be made, or a cache made with other settings.
+    cannot be made (no default text dataset, or a source that cannot be read), or a cache
+    made with other settings.
     """
     import torch
     from sae_lens import SAE
@@ -67,6 +72,7 @@ def run_sae_training(
     from src.analysis.features import feature_report
     from src.analysis.sae import evaluate_sae, save_sae
 
+    config = with_text_source(config)
     hook = config.hook
     if hook.layer >= model.cfg.n_layers:
         raise ValueError(
@@ -104,6 +110,20 @@ def run_sae_training(
         "tokens_per_s": stats["tokens_per_s"],
         "train_time_s": stats["train_time_s"],
     }
+
+
+def with_text_source(config: SAETrainingConfig) -> SAETrainingConfig:
+    """``config`` with its text source filled in: ``data.path`` when set, else the model's
+    default dataset (its row of ``src/models/families.yaml``); unchanged for other datasets.
+    Raises ValueError (one line naming ``--dataset-path`` / ``data.path``) for a model with
+    no default, such as a local checkpoint."""
+    from src.data.text_sources import default_text_source
+
+    data = config.data
+    if data.dataset != "text" or data.path is not None:
+        return config
+    data = data.model_copy(update={"path": default_text_source(config.model.name)})
+    return config.model_copy(update={"data": data})
 
 
 def _train(
@@ -150,6 +170,7 @@ def _caches(
     from src.data.activation_cache import cache_name
     from src.data.cached import ensure_cache
     from src.data.loading import HELDOUT_SEED_OFFSET, dataset_tokens, heldout_tokens
+    from src.data.text_sources import dataset_short_name
     from src.models.load import parse_dtype
 
     model_name, hook, data = config.model.name, config.hook, config.data
@@ -163,7 +184,8 @@ def _caches(
         "progress": progress,
     }
     command_meta = {"command": command} if command else {}
-    train_dir = activations_dir / cache_name(model_name, hook.layer, data.dataset, n_cache_tokens)
+    dataset_name = dataset_short_name(data.dataset, data.path)
+    train_dir = activations_dir / cache_name(model_name, hook.layer, dataset_name, n_cache_tokens)
     train_store = ensure_cache(
         model,
         train_dir,

@@ -192,14 +192,18 @@ class HookConfig(Section):
 class SAEDataConfig(Section):
     """The tokens whose activations are cached: ``n_tokens`` for training (the cache is
     ``data/activations/{model}_{layer}_{dataset}_{n_tokens}``; training loops over it) and
-    ``n_eval_tokens`` of held-out prompts (another seed, none of the training ones)."""
+    ``n_eval_tokens`` of held-out prompts (none of the training ones).
+
+    Dataset ``text`` reads ``path``: a .txt file (a document per line), a .jsonl file (a
+    ``{"text": ...}`` per line), a ``save_to_disk`` directory or a Hugging Face dataset id
+    (streamed); null: the model's default dataset (``src/models/families.yaml``)."""
 
     dataset: StrictStr
     context_size: PositiveInt
     n_tokens: StrictInt | None = None  # tokens cached for training; null: training.n_tokens
     n_eval_tokens: StrictInt = 65_536  # held-out tokens for the evaluation
     seed: NonNegativeInt = 0
-    path: StrictStr | None = None
+    path: StrictStr | None = None  # text source (dataset "text"); null: the model's default
     batch_size: PositiveInt = 32  # sequences per forward pass while caching
     dtype: Dtype | None = None  # stored dtype of the cache; null: the model's
 
