@@ -1,8 +1,8 @@
 """Feature analysis of a pretrained or saved SAE on its model's activations, logged with figures.
 
-    python scripts/analyze_sae.py --sae gpt2-small-res-jb --layer 8 --path FILE
-    python scripts/analyze_sae.py --sae gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical --path FILE
-    python scripts/analyze_sae.py --model pythia-70m-deduped --layer 3 --path FILE
+    python scripts/analyze_sae.py --sae gpt2-small-res-jb --layer 8
+    python scripts/analyze_sae.py --sae gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical --dataset-path FILE
+    python scripts/analyze_sae.py --model pythia-70m-deduped --layer 3
     python scripts/analyze_sae.py --sae data/results/sae_toy_l0/sae
 
 ``--sae`` is a SAELens release (with ``--layer``: the id pattern of src/models/families.yaml),
@@ -10,8 +10,8 @@
 ``--model``'s default release (families.yaml). Pretrained SAEs download into the Hugging Face
 cache once (``SAE.from_pretrained``). The model defaults to the one the SAE names (its
 metadata), the hook point to the SAE's. The tokens: ``--dataset`` (``induction`` for a toy
-model, else ``text`` from the local file ``--path``), in sequences of the SAE's training
-context (at most the model's).
+model, else ``text`` from ``--dataset-path`` or the model's dataset in the family table), in
+sequences of the SAE's training context (at most the model's).
 
 Writes ``<results-dir>/sae_analysis_<sae>/features.json`` (density, top-activating contexts,
 decoder directions through the unembedding and, where Neuronpedia hosts the SAE, each
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import finish_run  # noqa: E402  (puts the project root on sys.path too)
+from common import check_fits_before_loading, finish_run  # noqa: E402  (puts the project root on sys.path too)
 
 HEADLINE = ("explained_variance", "l0", "dead_fraction", "n_tokens")
 DEFAULT_CONTEXT = 128  # when the SAE does not say its training context
@@ -50,7 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="model.name (default: the model the SAE names)")
     parser.add_argument("--hook", help="hook point (default: the SAE's hook_name)")
     parser.add_argument("--dataset", help="dataset name (default: induction for toy, else text)")
-    parser.add_argument("--path", help="local text file of --dataset text")
+    parser.add_argument(
+        "--dataset-path",
+        "--path",
+        dest="path",
+        help="for --dataset text: a .txt or .jsonl file, a save_to_disk directory or a Hugging "
+        "Face dataset id (default: the model's dataset in src/models/families.yaml)",
+    )
     parser.add_argument("--n-tokens", type=int, default=2**16, help="tokens to analyse")
     parser.add_argument("--context-size", type=int, help="tokens per sequence (default: the SAE's)")
     parser.add_argument("--n-features", type=int, default=20, help="latents to show")
@@ -82,34 +88,26 @@ def context_size(sae: Any, n_ctx: int, args: argparse.Namespace) -> int:
 
 
 def check_memory(model_name: str, sae: Any, args: argparse.Namespace) -> None:
-    """Stop before loading a model that, with a forward on a batch, does not fit the device
-    (InsufficientMemoryError, one line); models of unknown dimensions are not checked."""
-    from src.models.load import parse_dtype, resolve_device
-    from src.models.memory import check_fits, free_memory_gb, model_dims
+    """Stop before loading a model that, with a forward on a batch, does not fit the device."""
+    from src.models.memory import model_dims
 
     dims = model_dims(model_name)
-    if dims is None:
-        return
-    device = resolve_device(args.device)
-    dtype = str(parse_dtype(args.dtype)).removeprefix("torch.")
-    seq_len = context_size(sae, dims.n_ctx, args)
-    check_fits(
-        model_name, dims, dtype, args.batch_size, seq_len, free_memory_gb(device),
-        device=str(device),
-    )  # fmt: skip
+    n_ctx = dims.n_ctx if dims is not None else DEFAULT_CONTEXT
+    seq_len = context_size(sae, n_ctx, args)
+    check_fits_before_loading(model_name, args.device, args.dtype, args.batch_size, seq_len)
 
 
 def analysis_tokens(model: Any, model_name: str, sae: Any, args: argparse.Namespace) -> Any:
     """``--n-tokens`` tokens of the dataset in sequences of the SAE's context (or the flag)."""
     from src.data.loading import token_chunks
+    from src.data.text_sources import resolve_text_source
     from src.models.toy import TOY_MODELS
 
     context = context_size(sae, model.cfg.n_ctx, args)
     dataset = args.dataset or ("induction" if model_name in TOY_MODELS else "text")
-    if dataset == "text" and args.path is None:
-        raise ValueError("--dataset text needs --path FILE, a local text file to analyse on")
+    path = resolve_text_source(args.path, model_name) if dataset == "text" else args.path
     n_seq = max(1, args.n_tokens // context)
-    tokens = token_chunks(dataset, n_seq, context, args.seed, model=model, path=args.path)
+    tokens = token_chunks(dataset, n_seq, context, args.seed, model=model, path=path)
     return tokens, dataset
 
 

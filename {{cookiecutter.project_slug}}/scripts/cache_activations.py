@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import refresh_docs  # noqa: E402  (puts the project root on sys.path too)
+from common import check_fits_before_loading, refresh_docs  # noqa: E402  (puts the project root on sys.path too)
 
 DEFAULT_N_TOKENS = 32_768
 DEFAULT_CONTEXT = 128  # at most; the model's n_ctx when smaller
@@ -144,6 +144,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     for key, value in checks.items():
         if value is not None and value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    settings["batch_size"] = args.batch_size  # sizes the memory check before loading
     return settings
 
 
@@ -191,8 +192,10 @@ def load_inputs(settings: dict) -> tuple[Any, list[str], Any]:
     context size default."""
     from src.models.load import load_model
 
-    name = settings["model"]
-    model = load_model(name, device=settings["device"], dtype=settings["model_dtype"])
+    name, device, dtype = settings["model"], settings["device"], settings["model_dtype"]
+    batch, seq_len = settings["batch_size"], settings["context_size"]
+    check_fits_before_loading(name, device, dtype, batch, seq_len)
+    model = load_model(name, device=device, dtype=dtype)
     names = hook_names(model, settings["layer"], settings["hook_point"])
     if settings["context_size"] is None:
         settings["context_size"] = min(model.cfg.n_ctx, DEFAULT_CONTEXT)
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from src.data.activation_cache import cache_activations, cache_name
     from src.data.text_sources import dataset_short_name
     from src.models.load import ModelNotAvailableError, parse_dtype
+    from src.models.memory import InsufficientMemoryError
     from src.utils.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 metadata=cache_metadata(settings, command),
                 progress=True,
             )
-    except (ConfigError, ValueError, OSError, ModelNotAvailableError) as e:
+    except (ConfigError, ValueError, OSError, ModelNotAvailableError, InsufficientMemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -53,28 +53,38 @@ def error_exit(error: Exception, path: Path | str, *, named: type[Exception]) ->
     return 2
 
 
-def check_run_fits(cfg: Any, batch: int, seq_len: int | None, gradients: bool) -> None:
-    """Stop before loading when the config's model and a forward on ``batch`` prompts of
-    ``seq_len`` tokens (with a backward pass if ``gradients``) cannot fit its device(s):
-    InsufficientMemoryError, one line saying what would fit. Models whose dimensions are
-    unknown without a download are not checked."""
-    from src.models.load import resolve_device
+def check_fits_before_loading(
+    name: str,
+    device: str,
+    dtype: str,
+    batch: int,
+    seq_len: int | None,
+    *,
+    gradients: bool = False,
+    n_devices: int = 1,
+    memory_gb: float | None = None,
+) -> None:
+    """Stop before loading model ``name`` when it and a forward on ``batch`` prompts of
+    ``seq_len`` tokens (with a backward pass if ``gradients``) cannot fit ``device``'s free
+    memory (or ``memory_gb``): InsufficientMemoryError, one line saying what would fit.
+    Models whose dimensions are unknown without a download are not checked."""
+    from src.models.load import parse_dtype, resolve_device
     from src.models.memory import check_fits, free_memory_gb, model_dims
 
-    dims = model_dims(cfg.model.name)
+    dims = model_dims(name)
     if dims is None:
         return
-    device = resolve_device(cfg.model.device)
+    resolved = resolve_device(device)
     check_fits(
-        cfg.model.name,
+        name,
         dims,
-        cfg.model.dtype,
+        str(parse_dtype(dtype)).removeprefix("torch."),
         batch,
         seq_len or min(dims.n_ctx, 128) or 128,
-        cfg.model.memory_gb or free_memory_gb(device),
-        device=str(device),
+        memory_gb or free_memory_gb(resolved),
+        device=str(resolved),
         gradients=gradients,
-        n_devices=cfg.model.n_devices,
+        n_devices=n_devices,
     )
 
 
@@ -85,10 +95,18 @@ def load_run_model(cfg: Any, batch: int = 1, gradients: bool = False) -> Any:
     from src.utils.seed import set_seed
 
     set_seed(cfg.data.seed)
-    seq_len = getattr(cfg.data, "seq_length", None) or getattr(cfg.data, "context_size", None)
-    check_run_fits(cfg, min(batch, getattr(cfg.data, "n_samples", batch)), seq_len, gradients)
-    print(f"loading model {cfg.model.name} (device={cfg.model.device})", file=sys.stderr)
     model = cfg.model
+    check_fits_before_loading(
+        model.name,
+        model.device,
+        model.dtype,
+        min(batch, getattr(cfg.data, "n_samples", batch)),
+        getattr(cfg.data, "seq_length", None) or getattr(cfg.data, "context_size", None),
+        gradients=gradients,
+        n_devices=model.n_devices,
+        memory_gb=model.memory_gb,
+    )
+    print(f"loading model {model.name} (device={model.device})", file=sys.stderr)
     return load_model(model.name, device=model.device, dtype=model.dtype, n_devices=model.n_devices)
 
 

@@ -44,7 +44,7 @@ COMMANDS = [
     ),
     (
         "Cache activations to data/activations/ (resumes if interrupted; "
-        "gpt2-small: --model gpt2-small --layer 8 --dataset text --path FILE)",
+        "gpt2-small: --model gpt2-small --layer 8 --dataset text, its text streamed from the Hub)",
         "python scripts/cache_activations.py --model toy-induction --layer 0 "
         "--dataset induction --n-tokens 32768",
         "scripts/cache_activations.py",
@@ -56,7 +56,7 @@ COMMANDS = [
     ),
     (
         "Feature analysis of a saved SAE; pretrained SAELens SAEs, linked to Neuronpedia: "
-        "--sae gpt2-small-res-jb --layer 8 --path FILE (a release, release/id or folder)",
+        "--sae gpt2-small-res-jb --layer 8 (a release, release/id or folder)",
         "python scripts/analyze_sae.py --sae data/results/sae_toy_l0/sae",
         "scripts/analyze_sae.py",
     ),

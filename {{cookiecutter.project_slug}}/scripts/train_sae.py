@@ -68,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="model.device: cpu, cuda, mps or auto")
     parser.add_argument("--results-dir", type=Path, help="output.results_dir")
     parser.add_argument("--notes", default="", help="free-text notes stored in the log")
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+    parser.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also log the run to Weights & Biases (default: yes)",
+    )
+{%- endif %}
     return parser.parse_args(argv)
 
 
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from src.data.text_sources import TextSourceError
     from src.experiments.sae_training import run_sae_training
     from src.models.load import ModelNotAvailableError
+    from src.models.memory import InsufficientMemoryError
 
     try:
         model = load_run_model(cfg)
@@ -152,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except TextSourceError as e:  # names the source already
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, ModelNotAvailableError) as e:  # CacheError included
-        return error_exit(e, path, named=CacheError)
+    except (ValueError, OSError, ModelNotAvailableError, InsufficientMemoryError) as e:
+        return error_exit(e, path, named=CacheError)  # CacheError included
     wall_time_s = time.perf_counter() - start
 
     model_name = model_short_name(cfg.model.name)  # a checkpoint's folder, never its path
@@ -168,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         title=name,
         keys=HEADLINE,
         extra=[f"sae: {results['sae_path']}"],
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+        use_wandb=args.wandb,
+{%- endif %}
     )
     return 0
 
