@@ -23,6 +23,7 @@ from src.analysis.circuit_graph import (
     check_args,
     mean_upstream,
     model_graph,
+    qkv_weights,
     upstream_hooks,
 )
 from src.analysis.effects import ci_dict
@@ -55,17 +56,17 @@ def prune(keep: Tensor, graph: Graph) -> Tensor:
     (except ``logits``). Repeats until nothing changes."""
     keep = keep.clone()
     up_names = graph.upstream
-    down_nodes = [name for name, _ in graph.downstream]
-    # downstream columns of each upstream node (its q/k/v or its whole input)
-    columns = {u: [j for j, v in enumerate(down_nodes) if v == u] for u in up_names}
-    rows = {v: up_names.index(v) for v in set(down_nodes) if v in up_names}
+    readers = graph.readers()
+    # downstream columns each upstream node reads (its q, its group's k and v, or its input)
+    columns = {u: [j for j, nodes in enumerate(readers) if u in nodes] for u in up_names}
+    rows = [[up_names.index(v) for v in nodes] for nodes in readers]
     while True:
         before = int(keep.sum())
         for i, u in enumerate(up_names):
             if u != "input" and not keep[:, columns[u]].any():
                 keep[i] = False  # receives nothing: its output is the ablated one anyway
-        for j, v in enumerate(down_nodes):
-            if v != "logits" and not keep[rows[v]].any():
+        for j, v in enumerate(graph.downstream):
+            if v[0] != "logits" and not keep[rows[j]].any():
                 keep[:, j] = False  # feeds nothing kept
         if int(keep.sum()) == before:
             return keep
@@ -77,6 +78,11 @@ def _correction(current: Tensor, ablated: Tensor, missing: Tensor, columns: slic
     if weights.ndim == 1:
         return einops.einsum(current - ablated, weights, "b p u d, u -> b p d")
     return einops.einsum(current - ablated, weights, "b p u d, u v -> b p v d")
+
+
+def _without(x: Tensor, current: Tensor, ablated: Tensor, missing: Tensor, column: int) -> Tensor:
+    """The input ``x`` of downstream ``column`` with its missing edges ablated."""
+    return (x - _correction(current, ablated, missing, column)).to(x.dtype)
 
 
 def _ablation_hooks(
@@ -93,14 +99,14 @@ def _ablation_hooks(
         )
         for x in QKV:
             start = graph.downstream_index(layer, x)
-            cols = slice(start, start + graph.n_heads)
+            cols = slice(start, start + graph.n_inputs(x))
             if not missing[:, cols].any():
                 continue
 
             def rebuild(act: Tensor, hook: Any, i=layer, cols=cols, x=x, block=block) -> Tensor:
                 inputs = resid[i][:, :, None] - _correction(current, ablated, missing, cols)
-                weight = getattr(block.attn, f"W_{x.upper()}")
-                bias = getattr(block.attn, f"b_{x.upper()}")
+                inputs = inputs.to(act.dtype)  # the corrections are float32
+                weight, bias = qkv_weights(model, i, x)
                 return einops.einsum(block.ln1(inputs), weight, "b p h d, h d e -> b p h e") + bias
 
             hooks.append((hook_name(x, layer), rebuild))
@@ -110,11 +116,11 @@ def _ablation_hooks(
                 hooks.append(
                     (
                         hook_name("ln2_in", layer),
-                        lambda x, hook, col=col: x - _correction(current, ablated, missing, col),
+                        lambda x, hook, col=col: _without(x, current, ablated, missing, col),
                     )
                 )
     if missing[:, -1].any():
-        hooks.append((LN_FINAL_IN, lambda x, hook: x - _correction(current, ablated, missing, -1)))
+        hooks.append((LN_FINAL_IN, lambda x, hook: _without(x, current, ablated, missing, -1)))
     return hooks
 
 
@@ -207,12 +213,16 @@ def circuit_dict(
 
     Node names follow EAP-IG (``input``, ``a{layer}.h{head}``, ``m{layer}``, ``logits``); a
     node's score is the sum of its outgoing edges' scores (about the effect of ablating its
-    output everywhere). Edges into heads carry which input (``qkv``: q, k or v).
+    output everywhere). Edges into heads carry which input (``qkv``: q, k or v). Under
+    grouped-query attention a k or v input is shared by a group of heads: its edges target
+    the group's first head and list the group in ``heads``.
     """
     valid = graph.valid_edges()
     scores, keep = scores.cpu(), keep.cpu() & valid
+    readers = graph.readers()
     in_circuit = {u for i, u in enumerate(graph.upstream) if keep[i].any()}
-    in_circuit |= {v for j, (v, _) in enumerate(graph.downstream) if keep[:, j].any()}
+    for j, nodes in enumerate(readers):
+        in_circuit |= {graph.downstream[j][0], *nodes} if keep[:, j].any() else set()
     nodes = []
     for i, name in enumerate([*graph.upstream, "logits"]):
         node: dict[str, Any] = {"name": name, "layer": _layer(name, graph.n_layers)}
@@ -227,6 +237,7 @@ def circuit_dict(
             "qkv": graph.downstream[j][1],
             "score": scores[i, j].item(),
             "in_circuit": bool(keep[i, j]),
+            **({"heads": readers[j]} if len(readers[j]) > 1 else {}),
         }
         for i, j in valid.nonzero().tolist()
     ]

@@ -23,9 +23,10 @@ from src.analysis.circuit_graph import (
     Graph,
     ablated_upstream,
     check_args,
-    check_linear_qkv,
+    check_graph,
     mean_upstream,
     model_graph,
+    qkv_weights,
     upstream_activations,
 )
 from src.analysis.metrics import bind_metric
@@ -56,7 +57,7 @@ def _gradient_hooks(
 
     hooks: list[tuple[str, Callable]] = []
     if input_shift is not None:
-        hooks.append((hook_name("resid_pre", 0), lambda x, hook: x + input_shift))
+        hooks.append((hook_name("resid_pre", 0), lambda x, hook: x + input_shift.to(x.dtype)))
     for layer in range(graph.n_layers):
         hooks.append((hook_name("resid_pre", layer), record(f"resid{layer}")))
         hooks += [(hook_name(x, layer), keep(f"{x}{layer}")) for x in QKV]
@@ -91,9 +92,10 @@ def _input_gradients(
 
     b, p = tokens.shape
     out = torch.zeros(b, p, len(graph.downstream), model.cfg.d_model, device=tokens.device)
+    n_qkv = graph.n_heads + 2 * graph.kv_heads
     for layer in range(graph.n_layers):
         start = graph.downstream_index(layer, "q")
-        out[:, :, start : start + 3 * graph.n_heads] = _through_ln1(
+        out[:, :, start : start + n_qkv] = _through_ln1(
             model, layer, grads, captured[f"resid{layer}"].detach()
         )
         if graph.has_mlp:
@@ -104,14 +106,14 @@ def _input_gradients(
 
 def _through_ln1(model: Any, layer: int, grads: dict[str, Tensor], resid: Tensor) -> Tensor:
     """The gradients at ``layer``'s q/k/v mapped back through ``W_{Q,K,V}`` and ln1 at the
-    residual stream ``resid``: [b, p, 3 * n_heads, d], q heads first, then k, then v."""
-    attn = model.blocks[layer].attn
-    # gradient w.r.t. ln1's output, per (q/k/v, head): [b, p, 3 * n_heads, d]
+    residual stream ``resid``: [b, p, n_heads + 2 * n_kv_heads, d], q heads first, then the
+    k and the v of each key/value head."""
+    # gradient w.r.t. ln1's output, per (q/k/v, head): [b, p, n_heads + 2 * n_kv_heads, d]
     per_input = torch.cat(
         [
             einops.einsum(
                 grads[f"{x}{layer}"],
-                getattr(attn, f"W_{x.upper()}").detach(),
+                qkv_weights(model, layer, x)[0].detach(),
                 "b p h e, h d e -> b p h d",
             )
             for x in QKV
@@ -142,7 +144,7 @@ def edge_scores(
     check_args(ablation, ig_steps)
     graph = model_graph(model)
     device = next(model.parameters()).device
-    check_linear_qkv(model, dataset.clean_tokens[:1].to(device))
+    check_graph(model, dataset.clean_tokens[:1].to(device))
     mean = mean_upstream(model, dataset, graph, batch_size) if ablation == "mean" else None
     scores = torch.zeros(len(graph.upstream), len(graph.downstream), device=device)
     steps = max(ig_steps, 1)

@@ -1,7 +1,9 @@
-"""The final norm's linear part, for reading directions through the unembedding.
+"""The linear part of a model's norms, for reading directions through them.
 
 Direct logit attribution and the decoder directions of SAE latents both map a residual
-direction to logits through ``ln_final`` and ``W_U``; both use ``final_norm_linear``.
+direction to logits through ``ln_final`` and ``W_U`` (``final_norm_linear``); DLA and circuit
+discovery split a post-normed sublayer output (Gemma-2's ``ln1_post`` / ``ln2_post``) into
+its heads through ``norm_linear`` with the norm's scale frozen at its cached value.
 """
 
 from __future__ import annotations
@@ -12,18 +14,12 @@ from typing import Any
 from torch import Tensor
 
 
-def final_norm_linear(model: Any, scale: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-    """The model's final norm without its bias: centre (LayerNorm, not RMSNorm), divide by
-    ``scale`` if given (a cached per-token scale, which makes DLA linear) and multiply by
-    the weight: ``1 + w`` on models whose RMSNorm stores the offset
-    (``cfg.rmsnorm_uses_offset``, Gemma), else ``w``. The identity without a final norm.
-
-    The bias is no component's contribution, and the same for every direction. Without
-    ``scale``, a positive per-token scale does not change which tokens a direction promotes.
-    On models loaded with folded LayerNorm (pretrained models here) the weight and centring
-    are already in ``W_U``, and this is (nearly) the identity.
-    """
-    norm = getattr(model, "ln_final", None)
+def norm_linear(model: Any, norm: Any, scale: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """The norm module ``norm`` of ``model`` without its bias: centre (LayerNorm, not
+    RMSNorm), divide by ``scale`` if given (the cached per-token ``hook_scale``, which makes
+    the norm linear) and multiply by the weight: ``1 + w`` on models whose RMSNorm stores
+    the offset (``cfg.rmsnorm_uses_offset``, Gemma), else ``w``. The identity when ``norm``
+    is None or the model has no normalization."""
     normalization = getattr(model.cfg, "normalization_type", None)
     if norm is None or normalization is None:
         return lambda x: x
@@ -41,3 +37,15 @@ def final_norm_linear(model: Any, scale: Tensor | None = None) -> Callable[[Tens
         return x if weight is None else x * weight.to(x.device, x.dtype)
 
     return apply
+
+
+def final_norm_linear(model: Any, scale: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """The model's final norm without its bias (``norm_linear`` of ``ln_final``). The
+    identity without a final norm.
+
+    The bias is no component's contribution, and the same for every direction. Without
+    ``scale``, a positive per-token scale does not change which tokens a direction promotes.
+    On models loaded with folded LayerNorm (pretrained models here) the weight and centring
+    are already in ``W_U``, and this is (nearly) the identity.
+    """
+    return norm_linear(model, getattr(model, "ln_final", None), scale)

@@ -43,6 +43,11 @@ EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"
 LN_FINAL_IN = "ln_final.hook_in"
 LN_FINAL_SCALE = "ln_final.hook_scale"
+UNEMBED_OUT = "unembed.hook_out"  # the logits before any output transform (Gemma's softcap)
+
+# Norms some models (Gemma-2) apply to a sublayer's output before it joins the residual
+# stream: hook point -> the norm's name in the block. ``attn_out`` is then the normed output.
+POST_NORMS: dict[str, str] = {"attn_out": "ln1_post", "mlp_out": "ln2_post"}
 
 
 def hook_name(point: str, layer: int) -> str:
@@ -136,6 +141,29 @@ def available_components(model: Any) -> list[str]:
     """The components the model has (no mlp_out on attention-only models)."""
     attn_only = getattr(model.cfg, "attn_only", False)
     return [name for name in COMPONENTS if not (name == "mlp_out" and attn_only)]
+
+
+def embedding_hooks(model: Any) -> list[str]:
+    """The hooks whose outputs sum to the residual stream's input (``resid_pre`` of block 0):
+    ``hook_embed``, plus ``hook_pos_embed`` where positions are added to the stream
+    (``positional_embedding_type`` "standard"; rotary models have that hook, but it never
+    fires)."""
+    standard = getattr(model.cfg, "positional_embedding_type", "standard") == "standard"
+    return [EMBED, POS_EMBED] if standard and POS_EMBED in model.hook_dict else [EMBED]
+
+
+def post_norm(model: Any, point: str, layer: int) -> str | None:
+    """The name (``blocks.{layer}.ln1_post``) of the norm that block ``layer`` applies to
+    the output of ``point`` (``attn_out`` or ``mlp_out``) before adding it to the residual
+    stream; None where the output joins the stream as it is (most models)."""
+    name = f"blocks.{layer}.{POST_NORMS[point]}"
+    return name if f"{name}.hook_scale" in model.hook_dict else None
+
+
+def parallel_attn_mlp(model: Any) -> bool:
+    """Whether the MLPs read the block's input (``resid_pre``) as its attention does, in
+    parallel (GPT-NeoX / Pythia, GPT-J), rather than the stream after the attention."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
 
 
 def check_indices(
