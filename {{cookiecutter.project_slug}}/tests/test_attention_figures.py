@@ -120,3 +120,11 @@ def test_head_patterns_drawn_as_png_and_html(toy_model, prompt, tmp_path):
     text = paths[1].read_text(encoding="utf-8")
     assert '"attentionHeadNames": ["a0.h2"]' in text
     assert f'"tokens": {json.dumps(token_strings(toy_model, prompt))}' in text
+
+
+def test_tick_labels_draw_as_written():
+    """Dollar signs are not mathtext, and control characters (a byte-level BPE token can be
+    one; no font has a glyph for it) show as their code."""
+    from src.visualization.attention import _mathtext_safe
+
+    assert _mathtext_safe("a\x7fb$1\n") == "a\\x7fb\\$1\\n"

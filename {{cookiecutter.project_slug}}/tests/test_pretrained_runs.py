@@ -46,7 +46,7 @@ def run_on_checkpoint(checkpoint: Path, kind: str, tmp_path: Path) -> tuple[dict
     return json.loads(log.read_text(encoding="utf-8")), figures
 
 
-@pytest.mark.parametrize(("arch", "kind"), _cases())
+@pytest.mark.parametrize(("arch", "kind"), list(_cases()))
 def test_kind_runs_on_a_pretrained_checkpoint(arch, kind, tiny_checkpoints, tmp_path):
     entry, figures = run_on_checkpoint(tiny_checkpoints[arch], kind, tmp_path)
     results = entry["results"]

@@ -49,7 +49,10 @@ def _names(n: int, head_names: Sequence[str] | None) -> list[str]:
 
 
 def _mathtext_safe(label: str) -> str:
-    return label.replace("\\", "\\\\").replace("$", r"\$").replace("\n", "\\n")
+    """A tick label matplotlib draws as written: escapes, and control characters (which a
+    byte-level tokenizer's tokens may hold and no font has) as their code."""
+    label = label.replace("\\", "\\\\").replace("$", r"\$").replace("\n", "\\n")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in label)
 
 
 def attention_figure(
