@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.patches import Rectangle
-from sae_lens import StandardSAE, StandardSAEConfig
 
-from src.analysis.features import (
+pytest.importorskip("sae_lens", reason="needs SAELens (sae-lens pins transformer-lens<4)")
+
+from sae_lens import StandardSAE, StandardSAEConfig  # noqa: E402
+
+from src.analysis.features import (  # noqa: E402
     choose_features,
     decoder_logits,
     decoder_top_tokens,
     feature_stats,
     top_contexts,
 )
-from src.analysis.norms import final_norm_linear
-from src.visualization.features import (
+from src.analysis.norms import final_norm_linear  # noqa: E402
+from src.visualization.features import (  # noqa: E402
     contexts_markdown,
     decoder_markdown,
     density_figure,

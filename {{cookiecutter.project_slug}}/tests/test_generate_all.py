@@ -12,18 +12,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from sae_lens import StandardSAE, StandardSAEConfig
 
-from src.analysis.attention import head_effects
-from src.analysis.features import feature_report
-from src.analysis.norms import final_norm_linear
-from src.data.activation_cache import cache_activations, open_cache
-from src.data.loading import config_dataset, load_dataset
-from src.experiments.registry import get_kind, load_config
-from src.utils.config import config_to_dict
-from src.utils.tracking import log_experiment
-from src.visualization import generate_all as G
-from src.visualization.figures import draw_figures
+pytest.importorskip("sae_lens", reason="needs SAELens (sae-lens pins transformer-lens<4)")
+
+from sae_lens import StandardSAE, StandardSAEConfig  # noqa: E402
+
+from src.analysis.attention import head_effects  # noqa: E402
+from src.analysis.features import feature_report  # noqa: E402
+from src.analysis.norms import final_norm_linear  # noqa: E402
+from src.data.activation_cache import cache_activations, open_cache  # noqa: E402
+from src.data.loading import config_dataset, load_dataset  # noqa: E402
+from src.experiments.registry import get_kind, load_config  # noqa: E402
+from src.utils.config import config_to_dict  # noqa: E402
+from src.utils.tracking import log_experiment  # noqa: E402
+from src.visualization import generate_all as G  # noqa: E402
+from src.visualization.figures import draw_figures  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_pre"

@@ -17,14 +17,17 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
-from src.analysis.features import model_chunks
-from src.data.loading import token_chunks
-from src.experiments.sae_analysis import run_sae_analysis
-from src.models.families import load_families
-from src.models.load import bos_token_id
-from src.models.saes import (
+pytest.importorskip("sae_lens", reason="needs SAELens (sae-lens pins transformer-lens<4)")
+
+from sae_lens import SAE, StandardSAE, StandardSAEConfig  # noqa: E402
+
+from src.analysis.features import model_chunks  # noqa: E402
+from src.data.loading import token_chunks  # noqa: E402
+from src.experiments.sae_analysis import run_sae_analysis  # noqa: E402
+from src.models.families import load_families  # noqa: E402
+from src.models.load import bos_token_id  # noqa: E402
+from src.models.saes import (  # noqa: E402
     SAENotAvailableError,
     SAESource,
     default_sae,
@@ -35,7 +38,7 @@ from src.models.saes import (
     resolve_sae,
     sae_neuronpedia_id,
 )
-from src.visualization.figures import draw_figures
+from src.visualization.figures import draw_figures  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from sae_lens import SAE, JumpReLUSAE, StandardSAE, StandardSAEConfig
 
-from src.analysis.sae import ARCHITECTURES, build_sae, evaluate_sae, save_sae, train_sae
-from src.data.activation_cache import CacheError, cache_activations, open_cache
-from src.data.cached import ensure_cache
-from src.data.loading import dataset_tokens, heldout_tokens
-from src.experiments.registry import load_config
-from src.experiments.sae_training import run_sae_training
-from src.utils.config import (
+pytest.importorskip("sae_lens", reason="needs SAELens (sae-lens pins transformer-lens<4)")
+
+from sae_lens import SAE, JumpReLUSAE, StandardSAE, StandardSAEConfig  # noqa: E402
+
+from src.analysis.sae import ARCHITECTURES, build_sae, evaluate_sae, save_sae, train_sae  # noqa: E402
+from src.data.activation_cache import CacheError, cache_activations, open_cache  # noqa: E402
+from src.data.cached import ensure_cache  # noqa: E402
+from src.data.loading import dataset_tokens, heldout_tokens  # noqa: E402
+from src.experiments.registry import load_config  # noqa: E402
+from src.experiments.sae_training import run_sae_training  # noqa: E402
+from src.utils.config import (  # noqa: E402
     ConfigError,
     HookConfig,
     ModelConfig,
@@ -28,7 +31,7 @@ from src.utils.config import (
     SAETrainingConfig,
     TrainingConfig,
 )
-from src.visualization.figures import draw_figures
+from src.visualization.figures import draw_figures  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))

@@ -274,7 +274,7 @@ def test_train_sae_cli_on_a_local_checkpoint_and_file(
     """train_sae.py on a local checkpoint with a local .txt: the cache is named by the
     checkpoint's folder and the file's stem, holds the packed rows (held-out: the rows
     after them), and the SAE loads in SAELens."""
-    from sae_lens import SAE
+    SAE = pytest.importorskip("sae_lens", reason="needs SAELens").SAE
 
     from src.data.activation_cache import open_cache
 
