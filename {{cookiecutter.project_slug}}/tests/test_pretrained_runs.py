@@ -64,3 +64,53 @@ def test_kind_runs_on_a_pretrained_checkpoint(arch, kind, tiny_checkpoints, tmp_
         args = ["--results-dir", str(tmp_path / "results"), "--figures-dir", str(rebuilt)]
         assert generate_all(args) == 0
         assert sorted(p.name for p in rebuilt.glob("*.png")) == drawn
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cache_sae_and_features_on_a_pretrained_checkpoint(
+    arch, tiny_checkpoints, pretrained_model, tiny_corpus, tmp_path, monkeypatch
+):
+    """On each architecture, from the local text file: the activation cache holds the
+    model's own activations, an SAE trains on it and loads in SAELens, and the feature
+    analysis of that SAE runs on the checkpoint."""
+    pytest.importorskip("sae_lens", reason="needs SAELens")
+    import torch
+
+    from src.data.activation_cache import open_cache
+
+    monkeypatch.chdir(tmp_path)
+    scripts = {name: runpy.run_path(str(ROOT / "scripts" / f"{name}.py"))["main"]
+               for name in ("cache_activations", "train_sae", "analyze_sae")}  # fmt: skip
+    model = str(tiny_checkpoints[arch])
+    common = ["--model", model, "--layer", "1", "--device", "cpu"]
+    text = ["--dataset", "text", "--dataset-path", str(tiny_corpus), "--context-size", "32"]
+    assert scripts["cache_activations"]([*common, *text, "--n-tokens", "1024"]) == 0
+    (cache,) = Path("data/activations").iterdir()
+    assert cache.name == f"tiny-{arch}_1_corpus_1024"  # short names, never a path
+    store = open_cache(cache)
+    with torch.no_grad():
+        _, reference = pretrained_model(arch).run_with_cache(store.tokens())
+    name = "blocks.1.hook_resid_pre"
+    torch.testing.assert_close(store.load(name), reference[name], rtol=0, atol=1e-5)
+
+    config = {
+        "model": {"name": model, "device": "cpu"},
+        "hook": {"layer": 1, "hook_point": "resid_pre"},
+        "data": {"dataset": "text", "context_size": 32, "n_eval_tokens": 512},
+        "sae": {"architecture": "topk", "expansion_factor": 2, "k": 4},
+        "training": {"n_tokens": 4096, "batch_size": 512, "lr": 0.002},
+        "output": {"results_dir": "results"},
+    }
+    Path("sae.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert scripts["train_sae"](["--config", "sae.yaml", "--dataset-path", str(tiny_corpus)]) == 0
+    (log,) = Path("results").glob(f"sae_tiny-{arch}_*.json")
+    results = json.loads(log.read_text(encoding="utf-8"))["results"]
+    assert math.isfinite(results["explained_variance"]) and 0 < results["l0"] <= 4
+
+    analysis = ["--sae", results["sae_path"], "--dataset-path", str(tiny_corpus)]
+    analysis += ["--n-tokens", "1024", "--device", "cpu", "--results-dir", "analysis"]
+    assert scripts["analyze_sae"]([*analysis, "--figures-dir", "figures"]) == 0
+    (report,) = Path("analysis").glob("*/features.json")
+    assert json.loads(report.read_text(encoding="utf-8"))["features"]
+    assert list(Path("figures").glob("*.png"))
