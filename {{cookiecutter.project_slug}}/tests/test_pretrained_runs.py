@@ -30,11 +30,14 @@ def _cases():
             yield pytest.param(arch, kind, marks=marks, id=f"{arch}-{kind}")
 
 
-def run_on_checkpoint(checkpoint: Path, kind: str, tmp_path: Path) -> tuple[dict, Path]:
-    """The toy config of `kind` with the checkpoint as its model (40 induction prompts),
-    run in-process; returns the log's entry and the figures folder."""
+def run_on_checkpoint(
+    checkpoint: Path, kind: str, tmp_path: Path, dtype: str = "float32"
+) -> tuple[dict, Path]:
+    """The toy config of `kind` with the checkpoint as its model (40 induction prompts, in
+    `dtype`), run in-process; returns the log's entry and the figures folder."""
     config = yaml.safe_load((ROOT / "configs" / CONFIGS[kind]).read_text(encoding="utf-8"))
     config["model"]["name"] = str(checkpoint)
+    config["model"]["dtype"] = dtype
     config["data"]["n_samples"] = 40
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -114,3 +117,23 @@ def test_cache_sae_and_features_on_a_pretrained_checkpoint(
     (report,) = Path("analysis").glob("*/features.json")
     assert json.loads(report.read_text(encoding="utf-8"))["features"]
     assert list(Path("figures").glob("*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["baseline", "patching", "attribution", "circuit_discovery"])
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_half_precision_configs_run(
+    arch, kind, dtype, tiny_checkpoints, pretrained_model, tmp_path
+):
+    """A config in bfloat16 or float16 runs each kind on the CPU; the baseline's clean logit
+    difference is the float32 one to the format's precision."""
+    entry, _ = run_on_checkpoint(tiny_checkpoints[arch], kind, tmp_path, dtype=dtype)
+    results = entry["results"]
+    assert entry["config"]["model"]["dtype"] == dtype
+    assert math.isfinite(results[results["headline"]])
+    if kind == "baseline":
+        (tmp_path / "full").mkdir()
+        full, _ = run_on_checkpoint(tiny_checkpoints[arch], kind, tmp_path / "full")
+        expected = full["results"]["clean_logit_diff"]
+        assert results["clean_logit_diff"] == pytest.approx(expected, abs=0.05)
