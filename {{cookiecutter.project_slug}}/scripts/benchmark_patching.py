@@ -1,12 +1,16 @@
 """Time `activation_patch` against `transformer_lens.patching` on the same inputs.
 
-    python scripts/benchmark_patching.py --model both --device auto [--threads 1]
+    python scripts/benchmark_patching.py --model both --kind both --device auto [--threads 1]
 
 For every component and layout, runs the matching TransformerLens function (one full
 forward per patched index) and ours on the same model, prompts and metric, and prints a
 table: seconds of each (best of --repeats), the speed-up and the largest absolute
 difference. Models: the trained toy (everything patched) and a random-init model of GPT-2
-small's shape (a subset, below).
+small's shape (a subset, below), native bridges. `--kind pretrained` (or `both`, then with
+the native speed-ups side by side) times pretrained bridges of each size instead: a local
+random-init GPT-2 checkpoint (`src.models.checkpoints`; tiny for the toy, of GPT-2 small's
+shape for gpt2-sized), loaded through `load_model(dir)` as a downloaded model, on random
+tokens (corrupted = clean with the middle token changed).
 
 - TL is given the clean cache its API takes; building it is not in 'TL s' (it is added in
   'TL+cache x'). Ours starts from the tokens: its own caching is in its time.
@@ -30,6 +34,7 @@ import argparse
 import contextlib
 import io
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +49,12 @@ import common  # noqa: E402, F401  (puts the project root on sys.path)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["toy", "gpt2-sized", "both"], default="both")
+    parser.add_argument(
+        "--kind",
+        choices=["native", "pretrained", "both"],
+        default="native",
+        help="native bridges, pretrained (Hugging Face) bridges of the same sizes, or both",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--n-prompts", type=int, help="prompts (default: toy 8, gpt2-sized 2)")
     parser.add_argument("--seq", type=int, help="tokens per prompt (default: toy 31, gpt2 32)")
@@ -111,14 +122,35 @@ def toy_inputs(device: Any, n_prompts: int, seq: int) -> tuple[Any, Any, Any, Ca
 
 
 def gpt2_sized_inputs(device: Any, n_prompts: int, seq: int) -> tuple[Any, Any, Any, Callable]:
-    """A random-init model of GPT-2 small's shape; corrupted = clean with the middle token
-    changed; metric = final logit difference of two random tokens."""
+    """A random-init native model of GPT-2 small's shape, on ``random_inputs``."""
+    from src.models.load import gpt2_shaped_model
+
+    return random_inputs(gpt2_shaped_model(device, n_ctx=max(64, seq)), n_prompts, seq)
+
+
+def pretrained_inputs(
+    size: str, folder: Path, device: Any, n_prompts: int, seq: int
+) -> tuple[Any, Any, Any, Callable]:
+    """A random-init GPT-2 checkpoint saved in ``folder`` (tiny for ``size`` "toy", else of
+    GPT-2 small's shape) with the tiny tokenizer, loaded through ``load_model(dir)`` as a
+    downloaded model is, on ``random_inputs``."""
+    from src.models.checkpoints import sample_corpus, save_checkpoint, train_tokenizer
+    from src.models.load import load_model
+
+    gpt2_small = dict(n_layers=12, d_model=768, n_heads=12, n_ctx=1024, vocab_size=50257)
+    shape = {} if size == "toy" else gpt2_small
+    tokenizer = train_tokenizer(sample_corpus())
+    path = save_checkpoint("gpt2", folder / size, tokenizer, **shape)
+    return random_inputs(load_model(str(path), device=device), n_prompts, seq)
+
+
+def random_inputs(model: Any, n_prompts: int, seq: int) -> tuple[Any, Any, Any, Callable]:
+    """``model`` on random prompts; corrupted = clean with the middle token changed; metric
+    = final logit difference of two random tokens."""
     import torch
 
     from src.analysis.metrics import bind_metric
-    from src.models.load import gpt2_shaped_model
 
-    model = gpt2_shaped_model(device, n_ctx=max(64, seq))
     cfg = model.cfg
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(0, cfg.d_vocab, (n_prompts, seq), generator=generator)
@@ -143,7 +175,11 @@ def clean_caches(model: Any, clean: Any, corrupted: Any, device: Any) -> tuple[f
     return cache_s, cache, pattern_z_cache(model, cache, corrupted_cache)
 
 
-def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Row]:
+def benchmark_model(
+    name: str, pretrained: bool, args: argparse.Namespace, device: Any, folder: Path
+) -> list[Row]:
+    """Both tables of model ``name`` (native, or its ``pretrained`` counterpart, saved in
+    ``folder``); returns the rows."""
     import torch
 
     from src.models.hooks import available_components
@@ -151,8 +187,11 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
     toy = name == "toy"
     n_prompts = args.n_prompts or (8 if toy else 2)
     seq = args.seq or (31 if toy else 32)
-    make = toy_inputs if toy else gpt2_sized_inputs
-    model, clean, corrupted, metric = make(device, n_prompts, seq)
+    if pretrained:
+        model, clean, corrupted, metric = pretrained_inputs(name, folder, device, n_prompts, seq)
+    else:
+        make = toy_inputs if toy else gpt2_sized_inputs
+        model, clean, corrupted, metric = make(device, n_prompts, seq)
     n_layers = model.cfg.n_layers
     subset: dict[str, list[int]] = {}  # the toy: everything
     if not toy:
@@ -162,8 +201,9 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
     with torch.no_grad():
         baseline = metric(model(corrupted)).item()
     what = ", ".join(f"{axis} {v}" for axis, v in subset.items()) or "every index"
+    kind = "pretrained (Hugging Face) bridge" if pretrained else "native bridge"
     print(
-        f"\n## {name}: {n_layers} layers, d_model {model.cfg.d_model}, d_vocab "
+        f"\n## {name}, {kind}: {n_layers} layers, d_model {model.cfg.d_model}, d_vocab "
         f"{model.cfg.d_vocab}, {n_prompts} prompts x {seq} tokens, device {device}, "
         f"threads {torch.get_num_threads()}, best of {args.repeats}, memory budget "
         f"{args.memory_budget_mb:g} MB\npatched, the same on both sides: {what} (positions: "
@@ -178,7 +218,7 @@ def benchmark_model(name: str, args: argparse.Namespace, device: Any) -> list[Ro
             continue
         caches = (cache_s, z_cache if component == "pattern" else cache)
         rows += compare_component(inputs, caches, component, subset, args, device, rows)
-    if toy and (args.components is None or "pattern" in args.components):
+    if toy and not pretrained and (args.components is None or "pattern" in args.components):
         print_tl_pattern_note(model, corrupted, cache, metric, baseline)
     print_components(rows)
     tl_total, ours_total = sum(r.tl_s for r in rows), sum(r.ours_s for r in rows)
@@ -250,20 +290,48 @@ def print_tl_pattern_note(
     )
 
 
+def component_sums(rows: list[Row]) -> dict[str, tuple[int, float, float]]:
+    """Per component, both layouts together (its whole sweep): patches, TL s, ours s."""
+    sums = {}
+    for component in dict.fromkeys(row.component for row in rows):
+        mine = [row for row in rows if row.component == component]
+        sums[component] = (
+            sum(r.n_patches for r in mine),
+            sum(r.tl_s for r in mine),
+            sum(r.ours_s for r in mine),
+        )
+    return sums
+
+
+def print_side_by_side(name: str, native: list[Row], pretrained: list[Row]) -> None:
+    """Per component, the whole sweep on the native and the pretrained bridge of ``name``
+    (the toy, attention-only, has no mlp_out)."""
+    print(f"\n## {name}: native vs pretrained bridge, per component (both layouts)")
+    print(
+        f"{'component':<10} {'native TL s':>11} {'ours s':>8} {'speed-up':>8}   "
+        f"{'pretrained TL s':>15} {'ours s':>8} {'speed-up':>8} {'max |diff|':>10}"
+    )
+    sums = component_sums(native), component_sums(pretrained)
+    for component in dict.fromkeys([*sums[0], *sums[1]]):
+        cells = []
+        for kind_sums, width in zip(sums, (11, 15), strict=True):
+            if component not in kind_sums:
+                cells.append(f"{'-':>{width}} {'-':>8} {'-':>8}")
+                continue
+            _, tl_s, ours_s = kind_sums[component]
+            cells.append(f"{tl_s:>{width}.3f} {ours_s:>8.3f} {tl_s / ours_s:>7.1f}x")
+        diff = max(r.max_diff for r in native + pretrained if r.component == component)
+        print(f"{component:<10} {cells[0]}   {cells[1]} {diff:>10.2e}")
+
+
 def print_components(rows: list[Row]) -> None:
     """Per component, both layouts together: the component's whole sweep."""
     print(f"\n{'component':<10} {'patches':>7} {'TL s':>8} {'ours s':>8} {'speed-up':>8}")
-    components = dict.fromkeys(row.component for row in rows)
-    fast = 0
-    for component in components:
-        mine = [row for row in rows if row.component == component]
-        tl_s, ours_s = sum(r.tl_s for r in mine), sum(r.ours_s for r in mine)
-        fast += tl_s / ours_s >= 3
-        print(
-            f"{component:<10} {sum(r.n_patches for r in mine):>7} {tl_s:>8.3f} {ours_s:>8.3f} "
-            f"{tl_s / ours_s:>7.1f}x"
-        )
-    print(f"components >= 3x: {fast} of {len(components)}")
+    sums = component_sums(rows)
+    for component, (n_patches, tl_s, ours_s) in sums.items():
+        print(f"{component:<10} {n_patches:>7} {tl_s:>8.3f} {ours_s:>8.3f} {tl_s / ours_s:>7.1f}x")
+    fast = sum(tl_s / ours_s >= 3 for _, tl_s, ours_s in sums.values())
+    print(f"components >= 3x: {fast} of {len(sums)}")
 
 
 def print_row(row: Row, header: bool = False) -> None:
@@ -294,8 +362,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = ["toy", "gpt2-sized"] if args.model == "both" else [args.model]
-    for name in names:
-        benchmark_model(name, args, device)
+    kinds = {"native": [False], "pretrained": [True], "both": [False, True]}[args.kind]
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            rows = [
+                benchmark_model(name, pretrained, args, device, Path(folder))
+                for pretrained in kinds
+            ]
+            if len(rows) == 2:
+                print_side_by_side(name, *rows)
     return 0
 
 

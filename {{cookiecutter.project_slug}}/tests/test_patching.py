@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
-from scripts.tl_reference import TL_FUNCTIONS, TL_SPECS, pattern_z_cache
+from scripts.tl_reference import TL_FUNCTIONS, TL_SPECS, pattern_z_cache, run_tl
 from src.analysis import forward, patch_engine
 from src.analysis.forward import patches_per_forward
 from src.analysis.metrics import bind_metric, normalize
@@ -25,13 +25,17 @@ TOY_COMPONENTS = [c for c in COMPONENTS if c != "mlp_out"]
 BENCHMARK = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_patching.py"
 
 
-def tl_reference(model, clean, corrupted, metric, component, per_position):
-    """TL's one-forward-per-index result (`generic_activation_patch`) in our layout."""
+def tl_reference(model, clean, corrupted, metric, component, per_position, subset=None):
+    """TL's one-forward-per-index result (`generic_activation_patch`) in our layout; only
+    the indices of ``subset`` (axis -> indices, e.g. {"pos": [3, 10]}; NaN elsewhere) if
+    given."""
     with torch.no_grad():
         _, cache = model.run_with_cache(clean)
         if component == "pattern":
             _, corrupted_cache = model.run_with_cache(corrupted)
             cache = pattern_z_cache(model, cache, corrupted_cache)
+        if subset:
+            return run_tl(model, corrupted, cache, metric, component, per_position, subset)
         name, setter, axes = TL_SPECS[(component, per_position)]
         return tlp.generic_activation_patch(
             model, corrupted, cache, metric, setter, name, index_axis_names=axes
@@ -193,19 +197,6 @@ def test_metric_reading_every_position_gets_full_logits(toy_model, toy_data):
     ours = activation_patch(toy_model, clean, corrupted, mean_answer_logit, "v", True)
     ref = tl_reference(toy_model, clean, corrupted, mean_answer_logit, "v", True)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
-
-
-def test_can_start_at_layer_checks_the_tail(toy_model, toy_data, monkeypatch):
-    tokens = toy_data.corrupted_tokens
-    with torch.no_grad():
-        logits, cache = toy_model.run_with_cache(tokens)
-    resid = cache["blocks.1.hook_resid_pre"]
-    assert forward.can_start_at_layer(toy_model)  # a native bridge
-    monkeypatch.setattr(forward, "is_native", lambda model: False)
-    with torch.no_grad():
-        assert forward.can_start_at_layer(toy_model, resid, 1, logits)
-        assert not forward.can_start_at_layer(toy_model, resid, 1, logits + 1.0)
-        assert not forward.can_start_at_layer(toy_model)  # nothing to check against
 
 
 def test_known_answer_induction_heads(toy_model):

@@ -1,13 +1,15 @@
 """Forward-pass plumbing of fast activation patching (``src.analysis.patching``).
 
 Hook points resolved once per model, temporary hooks cheaper than ``model.hooks``, capture
-forwards that stop after the last activation wanted, running the blocks from a layer on
-(and checking that this reproduces the model), whether a metric reads the final position
-only, and how many patched prompts fit a memory budget.
+forwards that stop after the last activation wanted, forwards that start at a layer (by
+hand on native bridges, inside the model's own forward elsewhere) and the check that this
+reproduces the model, whether a metric reads the final position only, and how many
+patched prompts fit a memory budget.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import weakref
 from collections.abc import Callable, Iterator
@@ -67,10 +69,16 @@ def _save_hook(
 
 
 def capture(
-    model: Any, points: dict[str, Any], tokens: Tensor, names: list[str], logits: bool
+    model: Any,
+    points: dict[str, Any],
+    tokens: Tensor,
+    names: list[str],
+    logits: bool,
+    final_only: bool = False,
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """The activations ``names`` of a forward on ``tokens`` (nothing else is kept), and its
-    logits if ``logits``; otherwise the forward stops once all are captured."""
+    logits if ``logits`` (``final_only``: see ``model_logits``); otherwise the forward stops
+    once all are captured."""
     store: dict[str, Tensor] = {}
     stop_after = None if logits else len(names)
     hooks = [
@@ -79,7 +87,7 @@ def capture(
     ]
     with hooked(hooks):
         try:
-            return model(tokens), store
+            return model_logits(model, tokens, final_only), store
         except _CaptureDone:
             return None, store
 
@@ -89,14 +97,27 @@ def is_native(model: Any) -> bool:
     return getattr(model.cfg, "architecture", None) == "TransformerLensNative"
 
 
+def keeps_final_logits(model: Any) -> bool:
+    """Whether the forward of a (Hugging Face) bridge can unembed the final position only:
+    its model takes ``logits_to_keep``, after which its head runs as usual (softcapping)."""
+    forward = getattr(getattr(model, "original_model", None), "forward", None)
+    return forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+
+
+def model_logits(model: Any, tokens: Tensor, final_only: bool = False) -> Tensor:
+    """The model's logits on ``tokens``; only the final position's if ``final_only`` (needs
+    ``keeps_final_logits``)."""
+    return model(tokens, logits_to_keep=1) if final_only else model(tokens)
+
+
 def block_out(output: Any) -> Tensor:
     """A block's residual output (bridged blocks return a 1-tuple, as Hugging Face blocks)."""
     return output[0] if isinstance(output, tuple) else output
 
 
 def run_tail(model: Any, resid: Tensor, start: int, final_only: bool = False) -> Tensor:
-    """Logits from ``resid`` entering block ``start``: blocks, final norm and unembedding
-    (at the last position only if ``final_only``)."""
+    """Logits from ``resid`` entering block ``start``: blocks, final norm and unembedding run
+    by hand (at the last position only if ``final_only``). Exact on native bridges."""
     for block in model.blocks[start:]:
         resid = block_out(block(resid))
     if final_only:
@@ -104,27 +125,62 @@ def run_tail(model: Any, resid: Tensor, start: int, final_only: bool = False) ->
     return model.unembed(model.ln_final(resid))
 
 
-def can_start_at_layer(
-    model: Any, resid_pre: Tensor | None = None, start: int = 0, logits: Tensor | None = None
-) -> bool:
-    """Whether a forward can start at a layer: running ``blocks[start:]``, ``ln_final`` and
-    ``unembed`` by hand from the ``resid_pre`` of layer ``start`` gives the model's logits.
+@contextmanager
+def blocks_return(blocks: Any, resid: Tensor) -> Iterator[None]:
+    """Inside, each of ``blocks`` returns ``resid`` without running: a Hugging Face parent's
+    loop (``hidden_states = layer(hidden_states, ...)``) hands ``resid`` to the next block."""
 
-    Native bridges (plain residual blocks) can. Other bridges may need more block arguments
-    (attention masks, rotary positions): this runs that tail once on ``resid_pre`` and
-    compares it with the final-position ``logits`` of the full forward (False without them).
+    def skip(*args: Any, **kwargs: Any) -> Tensor:
+        return resid
+
+    try:
+        for block in blocks:
+            # on the instance: a bridge passes attribute writes on to its Hugging Face module
+            object.__setattr__(block, "forward", skip)
+        yield
+    finally:
+        for block in blocks:
+            vars(block).pop("forward", None)
+
+
+def forward_from_layer(
+    model: Any, tokens: Tensor, resid_pre: Tensor, start: int, final_only: bool = False
+) -> Tensor:
+    """Logits of the model's own forward on ``tokens`` [batch, pos] whose block ``start`` gets
+    ``resid_pre`` [batch, pos, d_model] and whose earlier blocks do not run. The parent model
+    still computes what its blocks need (rotary positions, causal and sliding-window masks),
+    so this works where ``run_tail`` does not; ``final_only``: see ``model_logits``."""
+    with blocks_return(model.blocks[:start], resid_pre):
+        return model_logits(model, tokens, final_only)
+
+
+def can_start_at_layer(
+    model: Any,
+    tokens: Tensor,
+    resid_pre: Tensor,
+    start: int,
+    logits: Tensor | None,
+    final_only: bool = False,
+) -> bool:
+    """Whether patched forwards on ``tokens`` can start at layer ``start`` and give the
+    model's logits.
+
+    Native bridges (plain residual blocks, run by hand: ``run_tail``) can. On others, this
+    runs ``forward_from_layer`` once from the ``resid_pre`` of layer ``start`` and compares
+    it with the full forward's ``logits`` (False without them), at the final position only
+    if ``final_only``.
     """
     if is_native(model):
         return True
-    if resid_pre is None or logits is None:
+    if logits is None:
         return False
     try:
-        tail = run_tail(model, resid_pre, start, final_only=True)
-    except Exception:  # any failure means "cannot run blocks by hand": use full forwards
+        tail = forward_from_layer(model, tokens, resid_pre, start, final_only)
+        expected = logits[:, -tail.shape[1] :]
+    except Exception:  # any failure means "cannot start at a layer": use full forwards
         return False
-    final = logits[:, -1:]
-    tol = 1e-4 if final.element_size() >= 4 else 1e-2
-    return tail.shape == final.shape and torch.allclose(tail, final, rtol=tol, atol=tol)
+    tol = 1e-4 if expected.element_size() >= 4 else 1e-2
+    return tail.shape == expected.shape and torch.allclose(tail, expected, rtol=tol, atol=tol)
 
 
 def _d_vocab_out(model: Any) -> int:
@@ -146,6 +202,13 @@ def reads_final_position_only(metric: Metric, model: Any, n_prompts: int, n_pos:
     except Exception:  # the metric cannot take broadcast logits: give it full logits
         return False
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def final_position_suffices(model: Any, metric: Metric, n_prompts: int, n_pos: int) -> bool:
+    """Whether forwards may unembed the final position only: ``metric`` reads no other and
+    the model can (native bridges by hand, others with ``keeps_final_logits``)."""
+    can = is_native(model) or keeps_final_logits(model)
+    return can and reads_final_position_only(metric, model, n_prompts, n_pos)
 
 
 def bytes_per_row(model: Any, n_pos: int, full_logits: bool) -> int:

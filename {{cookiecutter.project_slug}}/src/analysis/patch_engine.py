@@ -3,10 +3,13 @@
 One capture forward on clean + corrupted keeps what is patched; then each forward runs
 many patches at once, one slice of prompts per patch, starting at the patched layer where
 that is exact, and unembedding the final position only when the metric reads no other.
+Native bridges run their blocks by hand, so patches of several layers share a forward;
+other bridges run their own forward with the earlier blocks skipped, one layer a forward.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -20,10 +23,12 @@ from src.analysis.forward import (
     block_out,
     can_start_at_layer,
     capture,
+    final_position_suffices,
+    forward_from_layer,
     hooked,
     is_native,
+    model_logits,
     patches_per_forward,
-    reads_final_position_only,
     run_tail,
 )
 from src.analysis.sweep import SweepSpec
@@ -52,7 +57,7 @@ class Inputs:
 
     targets: dict[int, Tensor]  # layer -> clean values patched in [batch, pos, ...]
     resid_pre: dict[int, Tensor]  # layer -> corrupted resid_pre [batch, pos, d_model]
-    corrupted_logits: Tensor | None
+    corrupted_logits: Tensor | None  # final position only if final_only
 
 
 def capture_inputs(
@@ -62,6 +67,7 @@ def capture_inputs(
     corrupted: Tensor,
     spec: SweepSpec,
     logits: bool,
+    final_only: bool = False,
 ) -> Inputs:
     """Capture the clean targets and corrupted residual streams in one forward (stopped
     after the last of them unless the corrupted ``logits`` are needed too)."""
@@ -71,7 +77,9 @@ def capture_inputs(
     )
     names = sorted({hook_name(p, layer) for layer in layers for p in [*per_layer, "resid_pre"]})
     n = clean.shape[0]
-    both_logits, acts = capture(model, points, torch.cat([clean, corrupted]), names, logits)
+    both_logits, acts = capture(
+        model, points, torch.cat([clean, corrupted]), names, logits, final_only
+    )
     corrupted_logits = None if both_logits is None else both_logits[n:]
     clean_acts = {name: act[:n] for name, act in acts.items()}
     corrupted_acts = {name: act[n:] for name, act in acts.items()}
@@ -139,6 +147,13 @@ class Patcher:
     start_at_layer: bool
     final_only: bool
 
+    @property
+    def by_hand(self) -> bool:
+        """Blocks run by hand from the cached residual streams (native bridges): patches
+        of several layers share a forward, each joining it at its own layer. Other bridges
+        starting at a layer run their own forward, for the patches of one layer."""
+        return self.start_at_layer and is_native(self.model)
+
     def hooks(self, chunk: list[tuple[int, ...]], counts: dict[int, int]) -> list[tuple]:
         """One patch hook per layer of ``chunk`` (sorted by layer; ``counts``: patches per
         layer), each patching its slices of prompts."""
@@ -148,7 +163,7 @@ class Patcher:
         hooks, lo = [], 0
         for layer, n in counts.items():
             # from the cache, rows join at their own layer, so this layer's slices come last
-            present = lo + n if self.start_at_layer else len(chunk)
+            present = lo + n if self.by_hand else len(chunk)
             mask = _layer_mask(self.spec, chunk[lo : lo + n], lo, present, n_pos, n_heads)
             target = self.inputs.targets[layer]
             fn = partial(_patch_hook, mask=mask.to(target.device), target=target)
@@ -162,8 +177,13 @@ class Patcher:
         layer_of = [ix[0] for ix in chunk]
         counts = {layer: layer_of.count(layer) for layer in sorted(set(layer_of))}
         with hooked(self.hooks(chunk, counts)):
-            if not self.start_at_layer:
-                return self.model(self.corrupted.repeat(len(chunk), 1))
+            if not self.by_hand:
+                tokens = self.corrupted.repeat(len(chunk), 1)
+                if not self.start_at_layer:
+                    return self.model(tokens)
+                (layer,) = counts  # one layer per forward (patch_all)
+                resid = self.inputs.resid_pre[layer].repeat(len(chunk), 1, 1)
+                return forward_from_layer(self.model, tokens, resid, layer, self.final_only)
             resid = None
             first = layer_of[0]
             for layer, block in enumerate(self.model.blocks[first:], start=first):
@@ -201,7 +221,7 @@ def patch_all(
         disable=not progress,
     )
     values: dict[tuple[int, ...], Tensor] = {}
-    if patcher.final_only and is_native(model):
+    if patcher.final_only:
         values = _unreachable(patcher, indices)
         bar.update(len(values))
     todo = [index for index in indices if index not in values]
@@ -209,10 +229,13 @@ def patch_all(
     k = patches_per_forward(model, n_prompts, n_pos, memory_budget_mb, not patcher.final_only)
     if corrupted.device.type == "cpu":
         k = min(k, max(1, CPU_TOKENS_PER_FORWARD // (n_prompts * n_pos)))
-    for lo in range(0, len(todo), k):
-        chunk = todo[lo : lo + k]
-        values.update(zip(chunk, patcher.run(chunk), strict=True))
-        bar.update(len(chunk))
+    by_layer = patcher.start_at_layer and not patcher.by_hand
+    groups = [list(g) for _, g in itertools.groupby(todo, lambda ix: ix[0])] if by_layer else [todo]
+    for group in groups:
+        for lo in range(0, len(group), k):
+            chunk = group[lo : lo + k]
+            values.update(zip(chunk, patcher.run(chunk), strict=True))
+            bar.update(len(chunk))
     bar.close()
     return [values[index] for index in indices]
 
@@ -222,17 +245,22 @@ def make_patcher(
     spec: SweepSpec,
     metric: Metric,
     points: dict[str, Any],
+    clean: Tensor,
     corrupted: Tensor,
-    inputs: Inputs,
 ) -> Patcher:
-    """The patcher of one call: starting at the patched layer where that gives the model's
-    logits, and unembedding only the final position when the metric reads no other."""
-    start = spec.values["layer"][0]
+    """The patcher of one call, from its capture forward: starting at the patched layer
+    where that gives the model's logits (checked once, at the last layer patched, on other
+    than native bridges), and unembedding only the final position when the metric reads no
+    other."""
+    final_only = final_position_suffices(model, metric, *corrupted.shape)
+    # the corrupted logits are needed to check a non-native bridge's forwards only
+    logits = not is_native(model)
+    inputs = capture_inputs(model, points, clean, corrupted, spec, logits, logits and final_only)
+    last = spec.values["layer"][-1]
     start_at_layer = can_start_at_layer(
-        model, inputs.resid_pre[start], start, inputs.corrupted_logits
+        model, corrupted, inputs.resid_pre[last], last, inputs.corrupted_logits, final_only
     )
-    n_prompts, n_pos = corrupted.shape
-    final_only = start_at_layer and reads_final_position_only(metric, model, n_prompts, n_pos)
+    final_only = final_only and start_at_layer
     return Patcher(model, spec, metric, points, corrupted, inputs, start_at_layer, final_only)
 
 
@@ -249,19 +277,24 @@ def _unreachable(patcher: Patcher, indices: list[tuple[int, ...]]) -> dict[tuple
     skipped = [ix for ix in indices if ix[0] == last_layer and ix[pos_axis] != last_pos]
     if not skipped:
         return {}
-    logits = run_tail(model, patcher.inputs.resid_pre[last_layer], last_layer, final_only=True)
+    logits = patcher.inputs.corrupted_logits
+    if logits is None:  # native bridges: not captured
+        logits = run_tail(model, patcher.inputs.resid_pre[last_layer], last_layer, True)
     baseline = patcher.evaluate(logits, n_slices=1)[0]
     return dict.fromkeys(skipped, baseline)
 
 
 def clean_metric(model: Any, points: dict[str, Any], clean: Tensor, metric: Metric) -> Tensor:
-    """``metric`` of the clean run; on a native bridge with a final-position metric, only the
-    final position is unembedded."""
-    n_prompts, n_pos = clean.shape
-    if not (is_native(model) and reads_final_position_only(metric, model, n_prompts, n_pos)):
+    """``metric`` of the clean run; with a final-position metric, only the final position
+    is unembedded (by hand on native bridges)."""
+    n_pos = clean.shape[1]
+    if not final_position_suffices(model, metric, *clean.shape):
         return torch.as_tensor(metric(model(clean)))
-    last = model.cfg.n_layers - 1
-    name = hook_name("resid_pre", last)
-    _, acts = capture(model, points, clean, [name], logits=False)
-    logits = run_tail(model, acts[name], last, final_only=True)
+    if is_native(model):
+        last = model.cfg.n_layers - 1
+        name = hook_name("resid_pre", last)
+        _, acts = capture(model, points, clean, [name], logits=False)
+        logits = run_tail(model, acts[name], last, final_only=True)
+    else:
+        logits = model_logits(model, clean, final_only=True)
     return torch.as_tensor(metric(logits.expand(-1, n_pos, -1)))

@@ -6,18 +6,22 @@ patched index), computed with far fewer and shorter forwards:
 1. Batching. The corrupted prompts are repeated once per patch in a forward and each hook
    patches every slice at once (one ``torch.where``); ``memory_budget_mb`` bounds the number
    of patches per forward.
-2. Layer skipping (native bridges; other bridges where it is checked to be exact). Nothing
-   before the patched layer changes, so a patch at layer ``l`` starts from the cached
-   corrupted ``resid_pre`` of layer ``l`` and runs ``blocks[l:]``, ``ln_final`` and
-   ``unembed`` only; the patches of a forward join it at their own layer. Other bridges
-   (pretrained ones) run full forwards, still batched. Activations come from one forward
-   on clean + corrupted that keeps only what is patched and stops after the last of them.
+2. Layer skipping. Nothing before the patched layer changes, so a patch at layer ``l``
+   starts from the cached corrupted ``resid_pre`` of layer ``l``. Native bridges run
+   ``blocks[l:]``, ``ln_final`` and ``unembed`` by hand, and the patches of a forward join
+   it at their own layer. Other (pretrained, Hugging Face) bridges run their own forward,
+   one layer's patches at a time, with ``blocks[:l]`` replaced by a passthrough: the parent
+   model still computes rotary positions and causal or sliding-window masks. That this
+   reproduces the model's logits is checked once per call (else: full forwards, still
+   batched). Activations come from one forward on clean + corrupted that keeps only what
+   is patched (and stops after the last of them on native bridges).
 3. Final-position logits. When the metric reads only the last position (checked once, on
-   random logits), only that position is unembedded and the metric gets those logits
-   broadcast to ``[batch, pos, d_vocab]`` (TL's metric contract). Then, on native bridges,
-   per-position patches at the last layer that cannot reach the final position (head
-   outputs, queries, attention or MLP outputs at an earlier position) are not run: their
-   value is the corrupted run's.
+   random logits), only that position is unembedded (by hand on native bridges, with
+   Hugging Face's ``logits_to_keep`` on others, whose head then applies its softcap) and
+   the metric gets those logits broadcast to ``[batch, pos, d_vocab]`` (TL's metric
+   contract). Then per-position patches at the last layer that cannot reach the final
+   position (head outputs, queries, attention or MLP outputs at an earlier position) are
+   not run: their value is the corrupted run's.
 
 Exact identity: patching the whole ``resid_pre`` of a layer gives the clean run.
 
@@ -38,8 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from src.analysis.forward import Metric, hook_points, is_native, model_device
-from src.analysis.patch_engine import capture_inputs, clean_metric, make_patcher, patch_all
+from src.analysis.forward import Metric, hook_points, model_device
+from src.analysis.patch_engine import clean_metric, make_patcher, patch_all
 from src.analysis.sweep import sweep_spec
 from src.models.hooks import HEAD_COMPONENTS, available_components
 
@@ -87,11 +91,7 @@ def activation_patch(
             # the whole residual stream patched: the rest of the run is the clean run
             values = [clean_metric(model, points, clean, metric)] * len(indices)
         else:
-            # the corrupted logits are needed to check a non-native bridge's tail only
-            inputs = capture_inputs(
-                model, points, clean, corrupted, spec, logits=not is_native(model)
-            )
-            patcher = make_patcher(model, spec, metric, points, corrupted, inputs)
+            patcher = make_patcher(model, spec, metric, points, clean, corrupted)
             values = patch_all(patcher, indices, memory_budget_mb, progress)
     # one transfer: the values stay on the model's device until here
     stacked = torch.stack([torch.as_tensor(v, device=device) for v in values]).float().cpu()
