@@ -20,7 +20,7 @@ CONFIGS = {  # kind -> the toy config it starts from
     "attribution": "toy_induction_attribution.yaml",
     "circuit_discovery": "toy_induction_circuit.yaml",
 }
-FAST = {("gpt2", "patching"), ("qwen2", "patching")}  # the rest: pytest -m slow
+FAST = {("qwen2", "patching")}  # the rest: pytest -m slow
 
 
 def _cases():
