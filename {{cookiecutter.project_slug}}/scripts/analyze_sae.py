@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import check_fits_before_loading, finish_run  # noqa: E402  (puts the project root on sys.path too)
+from common import (  # noqa: E402  (puts the project root on sys.path too)
+    add_dataset_path_argument,
+    check_fits_before_loading,
+    finish_run,
+)
 
 HEADLINE = ("explained_variance", "l0", "dead_fraction", "n_tokens")
 DEFAULT_CONTEXT = 128  # when the SAE does not say its training context
@@ -50,13 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="model.name (default: the model the SAE names)")
     parser.add_argument("--hook", help="hook point (default: the SAE's hook_name)")
     parser.add_argument("--dataset", help="dataset name (default: induction for toy, else text)")
-    parser.add_argument(
-        "--dataset-path",
-        "--path",
-        dest="path",
-        help="for --dataset text: a .txt or .jsonl file, a save_to_disk directory or a Hugging "
-        "Face dataset id (default: the model's dataset in src/models/families.yaml)",
-    )
+    add_dataset_path_argument(parser)
     parser.add_argument("--n-tokens", type=int, default=2**16, help="tokens to analyse")
     parser.add_argument("--context-size", type=int, help="tokens per sequence (default: the SAE's)")
     parser.add_argument("--n-features", type=int, default=20, help="latents to show")

@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
-from common import check_fits_before_loading, refresh_docs  # noqa: E402  (puts the project root on sys.path too)
+from common import (  # noqa: E402  (puts the project root on sys.path too)
+    add_dataset_path_argument,
+    check_fits_before_loading,
+    refresh_docs,
+)
 
 DEFAULT_N_TOKENS = 32_768
 DEFAULT_CONTEXT = 128  # at most; the model's n_ctx when smaller
@@ -48,13 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset", help="induction, text, ioi; default: induction for toy models, else text"
     )
-    parser.add_argument(
-        "--dataset-path",
-        "--path",
-        dest="path",
-        help="for --dataset text: a .txt or .jsonl file, a save_to_disk directory or a Hugging "
-        "Face dataset id (default: the model's dataset in src/models/families.yaml)",
-    )
+    add_dataset_path_argument(parser)
     parser.add_argument(
         "--n-tokens",
         type=int,

@@ -9,6 +9,7 @@ of CLAUDE.md / AGENTS.md refreshed when the output lies inside this project.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,17 @@ def load_env_file(path: Path = PROJECT_ROOT / ".env") -> None:
 
 
 load_env_file()
+
+
+def add_dataset_path_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dataset-path`` (alias ``--path``): where the text of ``--dataset text`` comes from."""
+    parser.add_argument(
+        "--dataset-path",
+        "--path",
+        dest="path",
+        help="for --dataset text: a .txt or .jsonl file, a save_to_disk directory or a Hugging "
+        "Face dataset id (default: the model's dataset in src/models/families.yaml)",
+    )
 
 
 def refresh_docs(written: Path | None, out: TextIO = sys.stdout) -> None:
