@@ -88,6 +88,49 @@ def test_patches_skip_the_blocks_before_their_layer(pretrained_model, ioi, arch)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_per_position_patches_start_at_their_position(pretrained_model, ioi, arch):
+    """Per-position patches run only the positions from the patched one: the Hugging Face
+    block of the last layer sees the capture forward and the two checks (from the layer, and
+    from the middle position), then one forward per patched position p holding positions
+    p.. only (the earlier keys and values come from the corrupted run's cache). Equal to TL."""
+    model, data = pretrained_model(arch), ioi(arch)
+    n_pos = data.clean.shape[1]
+    args = (model, data.clean, data.corrupted, data.metric, "head_out", True)
+    lengths = []
+
+    def record(module, args, kwargs):
+        lengths.append((args[0] if args else kwargs["hidden_states"]).shape[1])
+
+    hf_block = model.blocks[1].original_component
+    handle = hf_block.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        ours = activation_patch(*args, layers=[0], positions=data.positions)
+    finally:
+        handle.remove()
+    assert lengths == [n_pos, n_pos, n_pos - n_pos // 2, *(n_pos - p for p in data.positions)]
+    ref = tl_reference(*args, {"layer": [0], "pos": data.positions})
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, equal_nan=True)
+
+
+def test_can_start_at_position_checks_the_forward(pretrained_model, ioi):
+    """Starting at a position is accepted when the final logits of the forward on the later
+    positions, reading the corrupted keys and values of the earlier ones, are the model's;
+    wrong logits, wrong keys or a layer's keys missing are refused."""
+    model, tokens = pretrained_model("gemma-2"), ioi("gemma-2").corrupted
+    cache, name = forward.new_cache(), "blocks.1.hook_resid_pre"
+    with torch.no_grad():
+        points = forward.hook_points(model)
+        logits, acts = forward.capture(model, points, tokens, [name], True, False, cache)
+        kv, resid = forward.cached_kv(cache, slice(None)), acts[name]
+        assert len(kv) == model.cfg.n_layers
+        assert forward.can_start_at_position(model, tokens, resid, 1, kv, logits)
+        assert not forward.can_start_at_position(model, tokens, resid, 1, kv, logits + 1)
+        wrong_keys = [(k.flip(2), v) for k, v in kv]
+        assert not forward.can_start_at_position(model, tokens, resid, 1, wrong_keys, logits)
+        assert not forward.can_start_at_position(model, tokens, resid, 1, kv[:1], logits)
+
+
 def test_full_forward_fallback_on_pretrained(pretrained_model, ioi, monkeypatch):
     """Where starting at a layer is not exact, full (batched) forwards give the same."""
     monkeypatch.setattr(patch_engine, "can_start_at_layer", lambda *args: False)

@@ -75,10 +75,11 @@ def capture(
     names: list[str],
     logits: bool,
     final_only: bool = False,
+    cache: Any = None,
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """The activations ``names`` of a forward on ``tokens`` (nothing else is kept), and its
     logits if ``logits`` (``final_only``: see ``model_logits``); otherwise the forward stops
-    once all are captured."""
+    once all are captured. A ``cache`` (``new_cache``) gets the keys and values."""
     store: dict[str, Tensor] = {}
     stop_after = None if logits else len(names)
     hooks = [
@@ -87,7 +88,9 @@ def capture(
     ]
     with hooked(hooks):
         try:
-            return model_logits(model, tokens, final_only), store
+            if cache is None:
+                return model_logits(model, tokens, final_only), store
+            return forward_from_layer(model, tokens, None, 0, final_only, prefix=cache), store
         except _CaptureDone:
             return None, store
 
@@ -144,14 +147,138 @@ def blocks_return(blocks: Any, resid: Tensor) -> Iterator[None]:
 
 
 def forward_from_layer(
-    model: Any, tokens: Tensor, resid_pre: Tensor, start: int, final_only: bool = False
+    model: Any,
+    tokens: Tensor,
+    resid_pre: Tensor | None,
+    start: int,
+    final_only: bool = False,
+    prefix: Any = None,
 ) -> Tensor:
     """Logits of the model's own forward on ``tokens`` [batch, pos] whose block ``start`` gets
     ``resid_pre`` [batch, pos, d_model] and whose earlier blocks do not run. The parent model
     still computes what its blocks need (rotary positions, causal and sliding-window masks),
-    so this works where ``run_tail`` does not; ``final_only``: see ``model_logits``."""
+    so this works where ``run_tail`` does not; ``final_only``: see ``model_logits``.
+
+    With a ``prefix`` (``prefix_cache``: keys and values of the positions before
+    ``tokens``), ``tokens`` and ``resid_pre`` hold the later positions only, which attend to
+    the prefix as if it had been computed with them."""
     with blocks_return(model.blocks[:start], resid_pre):
-        return model_logits(model, tokens, final_only)
+        if prefix is None:
+            return model_logits(model, tokens, final_only)
+        with attention_reads_cache(model):
+            kwargs = {_cache_argument(model): prefix, "use_cache": True}
+            if final_only:
+                kwargs["logits_to_keep"] = 1
+            return model(tokens, **kwargs)
+
+
+# --- a key/value prefix: patched forwards that start at the patched position -------------
+#
+# A patch at position p changes nothing before p (attention is causal), so a forward may
+# run positions p.. only, their attention reading the corrupted run's keys and values of
+# positions < p from a Hugging Face cache. Bridged attention reads the cache under the
+# name ``past_key_values``; transformers 5 passes it as ``cache``: ``attention_reads_cache``
+# hands it over. ``can_start_at_position`` checks the result once against the full forward.
+
+
+def _cache_argument(model: Any) -> str:
+    """The name under which the Hugging Face model's forward takes a key/value cache."""
+    params = inspect.signature(model.original_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def takes_kv_cache(model: Any) -> bool:
+    """Whether the (Hugging Face) bridge's model takes a key/value cache, with which patched
+    forwards can start at the patched position (``forward_from_layer``'s prefix)."""
+    forward = getattr(getattr(model, "original_model", None), "forward", None)
+    if forward is None or is_native(model):
+        return False
+    params = inspect.signature(forward).parameters
+    return ("cache" in params or "past_key_values" in params) and "use_cache" in params
+
+
+@contextmanager
+def attention_reads_cache(model: Any) -> Iterator[None]:
+    """Inside, bridged attention that updates a cache named ``past_key_values`` also finds
+    one passed as ``cache`` (transformers 5's name)."""
+    patched = []
+    for block in model.blocks:
+        attn = getattr(block, "attn", None)
+        update = getattr(attn, "_update_kv_cache", None)
+        if update is None:
+            continue
+
+        def read_cache(k: Tensor, v: Tensor, _update: Any = update, **kwargs: Any) -> Any:
+            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+                kwargs["past_key_values"] = kwargs["cache"]
+            return _update(k, v, **kwargs)
+
+        object.__setattr__(attn, "_update_kv_cache", read_cache)
+        patched.append(attn)
+    try:
+        yield
+    finally:
+        for attn in patched:
+            vars(attn).pop("_update_kv_cache", None)
+
+
+def _cache_layers(cache: Any) -> list[tuple[Tensor, Tensor]]:
+    """(keys, values) [batch, kv_head, pos, d_head] per layer of a Hugging Face cache."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def new_cache() -> Any:
+    """An empty Hugging Face key/value cache, for ``capture`` to fill."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cached_kv(cache: Any, rows: slice) -> list[tuple[Tensor, Tensor]]:
+    """The keys and values of each layer of a filled ``cache``, of the prompts ``rows``
+    (none where the model's attention filled no cache)."""
+    return [(k[rows].detach(), v[rows].detach()) for k, v in _cache_layers(cache)]
+
+
+def prefix_cache(kv: list[tuple[Tensor, Tensor]], n_pos: int, repeats: int) -> Any:
+    """A fresh cache of the first ``n_pos`` positions of ``kv`` (``cached_kv``), its batch
+    repeated ``repeats`` times (one copy per slice of patched prompts)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(kv):
+        shape = (repeats, 1, 1, 1)
+        cache.update(k[:, :, :n_pos].repeat(shape), v[:, :, :n_pos].repeat(shape), layer)
+    return cache
+
+
+def can_start_at_position(
+    model: Any,
+    tokens: Tensor,
+    resid_pre: Tensor,
+    start: int,
+    kv: list[tuple[Tensor, Tensor]],
+    logits: Tensor,
+) -> bool:
+    """Whether forwards from layer ``start`` that run the second half of the positions
+    only, reading the first half from ``kv``, give the final logits ``logits``."""
+    n_pos = tokens.shape[1]
+    if len(kv) != model.cfg.n_layers or n_pos < 2:
+        return False
+    half = n_pos // 2
+    try:
+        cache = prefix_cache(kv, half, 1)
+        tail = forward_from_layer(
+            model, tokens[:, half:], resid_pre[:, half:], start, True, prefix=cache
+        )
+    except Exception:  # any failure means "cannot": run every position
+        return False
+    expected = logits[:, -1:]
+    tol = 1e-4 if expected.element_size() >= 4 else 1e-2
+    tail = tail[:, -1:]
+    return tail.shape == expected.shape and torch.allclose(tail, expected, rtol=tol, atol=tol)
 
 
 def can_start_at_layer(

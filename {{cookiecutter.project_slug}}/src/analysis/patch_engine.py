@@ -4,7 +4,9 @@ One capture forward on clean + corrupted keeps what is patched; then each forwar
 many patches at once, one slice of prompts per patch, starting at the patched layer where
 that is exact, and unembedding the final position only when the metric reads no other.
 Native bridges run their blocks by hand, so patches of several layers share a forward;
-other bridges run their own forward with the earlier blocks skipped, one layer a forward.
+other bridges run their own forward with the earlier blocks skipped, one layer a forward,
+and per-position patches there also skip the positions before the patched one (their keys
+and values come from the corrupted run's cache) where that is exact.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ from tqdm.auto import tqdm
 from src.analysis.forward import (
     Metric,
     block_out,
+    cached_kv,
     can_start_at_layer,
+    can_start_at_position,
     capture,
     final_position_suffices,
     forward_from_layer,
     hooked,
     is_native,
     model_logits,
+    new_cache,
     patches_per_forward,
+    prefix_cache,
     run_tail,
+    takes_kv_cache,
 )
 from src.analysis.sweep import SweepSpec
 from src.models.hooks import HEAD_COMPONENTS, hook_name, n_heads_of
@@ -58,6 +65,7 @@ class Inputs:
     targets: dict[int, Tensor]  # layer -> clean values patched in [batch, pos, ...]
     resid_pre: dict[int, Tensor]  # layer -> corrupted resid_pre [batch, pos, d_model]
     corrupted_logits: Tensor | None  # final position only if final_only
+    kv: list[tuple[Tensor, Tensor]] | None = None  # corrupted keys and values per layer
 
 
 def capture_inputs(
@@ -68,31 +76,35 @@ def capture_inputs(
     spec: SweepSpec,
     logits: bool,
     final_only: bool = False,
+    kv: bool = False,
 ) -> Inputs:
     """Capture the clean targets and corrupted residual streams in one forward (stopped
-    after the last of them unless the corrupted ``logits`` are needed too)."""
+    after the last of them unless the corrupted ``logits`` are needed too), and with ``kv``
+    (which needs ``logits``) the corrupted keys and values of every layer."""
     layers, component = spec.values["layer"], spec.component
     per_layer = (
         ["pattern", "v", "z"] if component == "pattern" else [get_component(component).point]
     )
     names = sorted({hook_name(p, layer) for layer in layers for p in [*per_layer, "resid_pre"]})
     n = clean.shape[0]
+    cache = new_cache() if kv else None
     both_logits, acts = capture(
-        model, points, torch.cat([clean, corrupted]), names, logits, final_only
+        model, points, torch.cat([clean, corrupted]), names, logits, final_only, cache
     )
     corrupted_logits = None if both_logits is None else both_logits[n:]
+    corrupted_kv = None if cache is None else cached_kv(cache, slice(n, None))
     clean_acts = {name: act[:n] for name, act in acts.items()}
     corrupted_acts = {name: act[n:] for name, act in acts.items()}
     resid_pre = {layer: corrupted_acts[hook_name("resid_pre", layer)] for layer in layers}
     if component != "pattern":
         hook = get_component(component).hook
         targets = {layer: clean_acts[hook(layer)] for layer in layers}
-        return Inputs(targets, resid_pre, corrupted_logits)
+        return Inputs(targets, resid_pre, corrupted_logits, corrupted_kv)
     targets = {
         layer: _pattern_target(layer, clean_acts, corrupted_acts[hook_name("v", layer)])
         for layer in layers
     }
-    return Inputs(targets, resid_pre, corrupted_logits)
+    return Inputs(targets, resid_pre, corrupted_logits, corrupted_kv)
 
 
 def _pattern_target(layer: int, clean_acts: dict[str, Tensor], corrupted_v: Tensor) -> Tensor:
@@ -146,6 +158,9 @@ class Patcher:
     inputs: Inputs
     start_at_layer: bool
     final_only: bool
+    # keys and values of the corrupted run per layer, when forwards may start at the patched
+    # position (per-position patches of a final-position metric, on other than native bridges)
+    kv: list[tuple[Tensor, Tensor]] | None = None
 
     @property
     def by_hand(self) -> bool:
@@ -154,9 +169,19 @@ class Patcher:
         starting at a layer run their own forward, for the patches of one layer."""
         return self.start_at_layer and is_native(self.model)
 
-    def hooks(self, chunk: list[tuple[int, ...]], counts: dict[int, int]) -> list[tuple]:
+    def start_position(self, chunk: list[tuple[int, ...]]) -> int:
+        """The first position the forward of ``chunk`` runs: its first patched position when
+        the earlier ones come from the key/value cache, else 0."""
+        if self.kv is None:
+            return 0
+        pos_axis = self.spec.axes.index("pos")
+        return min(ix[pos_axis] for ix in chunk)
+
+    def hooks(
+        self, chunk: list[tuple[int, ...]], counts: dict[int, int], start: int = 0
+    ) -> list[tuple]:
         """One patch hook per layer of ``chunk`` (sorted by layer; ``counts``: patches per
-        layer), each patching its slices of prompts."""
+        layer), each patching its slices of prompts (of the positions from ``start``)."""
         n_pos = self.corrupted.shape[1]
         n_heads = n_heads_of(self.model, self.spec.component)
         hook = get_component(self.spec.component).hook
@@ -165,8 +190,9 @@ class Patcher:
             # from the cache, rows join at their own layer, so this layer's slices come last
             present = lo + n if self.by_hand else len(chunk)
             mask = _layer_mask(self.spec, chunk[lo : lo + n], lo, present, n_pos, n_heads)
-            target = self.inputs.targets[layer]
-            fn = partial(_patch_hook, mask=mask.to(target.device), target=target)
+            target = self.inputs.targets[layer][:, start:]
+            mask = mask[:, :, start:].to(target.device)
+            fn = partial(_patch_hook, mask=mask, target=target)
             hooks.append((self.points[hook(layer)], fn))
             lo += n
         return hooks
@@ -176,14 +202,16 @@ class Patcher:
         of ``chunk`` (sorted by layer): [slices * batch, pos (1 if final_only), d_vocab]."""
         layer_of = [ix[0] for ix in chunk]
         counts = {layer: layer_of.count(layer) for layer in sorted(set(layer_of))}
-        with hooked(self.hooks(chunk, counts)):
+        start = self.start_position(chunk)
+        with hooked(self.hooks(chunk, counts, start)):
             if not self.by_hand:
-                tokens = self.corrupted.repeat(len(chunk), 1)
+                tokens = self.corrupted[:, start:].repeat(len(chunk), 1)
                 if not self.start_at_layer:
                     return self.model(tokens)
                 (layer,) = counts  # one layer per forward (patch_all)
-                resid = self.inputs.resid_pre[layer].repeat(len(chunk), 1, 1)
-                return forward_from_layer(self.model, tokens, resid, layer, self.final_only)
+                resid = self.inputs.resid_pre[layer][:, start:].repeat(len(chunk), 1, 1)
+                prefix = prefix_cache(self.kv, start, len(chunk)) if start else None
+                return forward_from_layer(self.model, tokens, resid, layer, self.final_only, prefix)
             resid = None
             first = layer_of[0]
             for layer, block in enumerate(self.model.blocks[first:], start=first):
@@ -231,6 +259,8 @@ def patch_all(
         k = min(k, max(1, CPU_TOKENS_PER_FORWARD // (n_prompts * n_pos)))
     by_layer = patcher.start_at_layer and not patcher.by_hand
     groups = [list(g) for _, g in itertools.groupby(todo, lambda ix: ix[0])] if by_layer else [todo]
+    if patcher.kv is not None:
+        groups = _by_position(groups, patcher.spec.axes.index("pos"), corrupted.device.type)
     for group in groups:
         for lo in range(0, len(group), k):
             chunk = group[lo : lo + k]
@@ -238,6 +268,22 @@ def patch_all(
             bar.update(len(chunk))
     bar.close()
     return [values[index] for index in indices]
+
+
+def _by_position(
+    groups: list[list[tuple[int, ...]]], pos_axis: int, device_type: str
+) -> list[list[tuple[int, ...]]]:
+    """Each group's patches sorted by position, so that a forward (starting at its first
+    patched position) computes few positions it does not need. On a CPU, where cost grows
+    with tokens and batching gains little, one group per position: no wasted positions."""
+    by_pos = [sorted(group, key=lambda ix: ix[pos_axis]) for group in groups]
+    if device_type != "cpu":
+        return by_pos
+    return [
+        list(same)
+        for group in by_pos
+        for _, same in itertools.groupby(group, lambda ix: ix[pos_axis])
+    ]
 
 
 def make_patcher(
@@ -255,13 +301,25 @@ def make_patcher(
     final_only = final_position_suffices(model, metric, *corrupted.shape)
     # the corrupted logits are needed to check a non-native bridge's forwards only
     logits = not is_native(model)
-    inputs = capture_inputs(model, points, clean, corrupted, spec, logits, logits and final_only)
+    # keys and values, to start per-position patches at their position (checked below)
+    kv = final_only and spec.per_position and takes_kv_cache(model)
+    inputs = capture_inputs(
+        model, points, clean, corrupted, spec, logits, logits and final_only, kv
+    )
     last = spec.values["layer"][-1]
     start_at_layer = can_start_at_layer(
         model, corrupted, inputs.resid_pre[last], last, inputs.corrupted_logits, final_only
     )
     final_only = final_only and start_at_layer
-    return Patcher(model, spec, metric, points, corrupted, inputs, start_at_layer, final_only)
+    prefix = inputs.kv if final_only else None
+    first = spec.values["layer"][0]
+    if prefix is not None and not can_start_at_position(
+        model, corrupted, inputs.resid_pre[first], first, prefix, inputs.corrupted_logits
+    ):
+        prefix = None
+    return Patcher(
+        model, spec, metric, points, corrupted, inputs, start_at_layer, final_only, prefix
+    )
 
 
 def _unreachable(patcher: Patcher, indices: list[tuple[int, ...]]) -> dict[tuple, Tensor]:
