@@ -128,3 +128,18 @@ def test_tick_labels_draw_as_written():
     from src.visualization.attention import _mathtext_safe
 
     assert _mathtext_safe("a\x7fb$1\n") == "a\\x7fb\\$1\\n"
+
+
+def test_key_value_head_effects_go_to_their_query_heads():
+    """Grouped-query models: a k/v sweep's entry per key/value head scores each query head of
+    its group (2 key/value heads, 4 query heads: kv 1 -> query heads 2 and 3); a full-width
+    sweep is unchanged; the strongest head over components is the largest."""
+    from src.analysis.attention import component_head_scores, strongest
+
+    kv = {"axes": ["layer", "head"], "normalized": {"mean": [[0.1, -0.9]]}}
+    heads = {"axes": ["layer", "head"], "normalized": {"mean": [[0.0, 0.2, 0.3, 0.5]]}}
+    scores = component_head_scores({"k": kv, "head_out": heads}, n_heads=4)
+    assert scores == pytest.approx({(0, 0): 0.1, (0, 1): 0.2, (0, 2): 0.9, (0, 3): 0.9})
+    assert strongest(scores, 2) == [(0, 2), (0, 3)]
+    # without n_heads, entries keep their own index (the key/value head's)
+    assert component_head_scores({"k": kv}) == pytest.approx({(0, 0): 0.1, (0, 1): 0.9})

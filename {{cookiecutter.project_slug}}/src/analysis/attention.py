@@ -114,12 +114,32 @@ def head_effects(summary: Mapping[str, Any]) -> dict[Head, float]:
     return out
 
 
-def component_head_scores(components: Mapping[str, Any]) -> dict[Head, float]:
-    """|effect| per head over a sweep's components (each an effect summary, or a dict whose
-    ``attribution`` holds one): the largest over components."""
+def query_head_effects(summary: Mapping[str, Any], n_heads: int) -> dict[Head, float]:
+    """``head_effects`` by query head: under grouped-query attention a ``k`` or ``v`` sweep
+    has one entry per key/value head, which each query head of its group reads (query heads
+    ``kv * group .. (kv + 1) * group - 1``), so its effect is theirs."""
+    effects = head_effects(summary)
+    if not effects:
+        return effects
+    axes = tuple(summary["axes"])
+    n_entries = np.shape(summary["normalized"]["mean"])[axes.index("head")]
+    if n_entries >= n_heads or n_heads % n_entries:
+        return effects
+    group = n_heads // n_entries
+    return {(layer, kv * group + j): v for (layer, kv), v in effects.items() for j in range(group)}
+
+
+def component_head_scores(
+    components: Mapping[str, Any], n_heads: int | None = None
+) -> dict[Head, float]:
+    """|effect| per (query) head over a sweep's components (each an effect summary, or a dict
+    whose ``attribution`` holds one): the largest over components. With the model's
+    ``n_heads``, key/value-head entries of grouped-query models go to their query heads."""
     scores: dict[Head, float] = {}
     for entry in components.values():
-        for head, value in head_effects(entry.get("attribution", entry)).items():
+        summary = entry.get("attribution", entry)
+        effects = query_head_effects(summary, n_heads) if n_heads else head_effects(summary)
+        for head, value in effects.items():
             scores[head] = max(scores.get(head, 0.0), value)
     return scores
 

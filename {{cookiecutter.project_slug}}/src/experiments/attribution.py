@@ -59,7 +59,7 @@ def run_attribution_experiment(
         results["components"][component] = entry
     if section.dla:
         results["dla"] = _dla(model, sweep.steps)
-    scores = component_head_scores(results["components"])
+    scores = component_head_scores(results["components"], model.cfg.n_heads)
     results["attention"] = strongest_attention(model, dataset.clean_tokens[0], scores)
     return results
 

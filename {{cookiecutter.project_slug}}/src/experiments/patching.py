@@ -47,7 +47,7 @@ def run_patching_experiment(
         results["components"][component] = summary
         if summary["top"]:
             results[f"{component}_top_effect"] = summary["top"][0]["mean"]
-    scores = component_head_scores(results["components"])
+    scores = component_head_scores(results["components"], model.cfg.n_heads)
     results["attention"] = strongest_attention(model, dataset.clean_tokens[0], scores)
     return results
 
