@@ -92,25 +92,32 @@ def test_patches_skip_the_blocks_before_their_layer(pretrained_model, ioi, arch)
 def test_per_position_patches_start_at_their_position(pretrained_model, ioi, arch):
     """Per-position patches run only the positions from the patched one: the Hugging Face
     block of the last layer sees the capture forward and the two checks (from the layer, and
-    from the middle position), then one forward per patched position p holding positions
-    p.. only (the earlier keys and values come from the corrupted run's cache). Equal to TL."""
+    from the middle position), then forwards that hold the positions from their first patched
+    one only (the earlier keys and values come from the corrupted run's cache): one per
+    patch, latest first, with a tiny memory budget; else one from the earliest. Equal to TL."""
     model, data = pretrained_model(arch), ioi(arch)
-    n_pos = data.clean.shape[1]
+    n_pos, n_heads = data.clean.shape[1], model.cfg.n_heads
+    first, last = data.positions
     args = (model, data.clean, data.corrupted, data.metric, "head_out", True)
+    ref = tl_reference(*args, {"layer": [0], "pos": data.positions})
+    checks = [n_pos, n_pos, n_pos - n_pos // 2]
+    per_patch = [1] * n_heads + [n_pos - first] * n_heads
     lengths = []
 
     def record(module, args, kwargs):
         lengths.append((args[0] if args else kwargs["hidden_states"]).shape[1])
 
-    hf_block = model.blocks[1].original_component
-    handle = hf_block.register_forward_pre_hook(record, with_kwargs=True)
+    handle = model.blocks[1].original_component.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        ours = activation_patch(*args, layers=[0], positions=data.positions)
+        for budget, forwards in [(1e-6, per_patch), (1024, [n_pos - first])]:
+            lengths.clear()
+            ours = activation_patch(
+                *args, layers=[0], positions=data.positions, memory_budget_mb=budget
+            )
+            assert last == n_pos - 1 and lengths == checks + forwards
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, equal_nan=True)
     finally:
         handle.remove()
-    assert lengths == [n_pos, n_pos, n_pos - n_pos // 2, *(n_pos - p for p in data.positions)]
-    ref = tl_reference(*args, {"layer": [0], "pos": data.positions})
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, equal_nan=True)
 
 
 def test_can_start_at_position_checks_the_forward(pretrained_model, ioi):

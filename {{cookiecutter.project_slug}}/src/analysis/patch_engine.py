@@ -46,6 +46,11 @@ from src.models.hooks import component as get_component
 # of the caches): about 1.8x on the toy model here; no loss on GPT-2-sized blocks.
 CPU_TOKENS_PER_FORWARD = 2048
 
+# Forwards that start at the patched position (see ``_from_position``) hold at most this
+# many tokens on a CPU: smaller forwards waste fewer positions, and above a few hundred
+# tokens a CPU gains little from batching.
+CPU_TOKENS_FROM_POSITION = 512
+
 # Components whose patch at the last layer changes the output of its own position only
 # (o projection, MLP, norms and unembedding act position by position).
 _LOCAL_AT_LAST_LAYER = ("head_out", "q", "attn_out", "mlp_out", "pattern")
@@ -259,31 +264,40 @@ def patch_all(
         k = min(k, max(1, CPU_TOKENS_PER_FORWARD // (n_prompts * n_pos)))
     by_layer = patcher.start_at_layer and not patcher.by_hand
     groups = [list(g) for _, g in itertools.groupby(todo, lambda ix: ix[0])] if by_layer else [todo]
-    if patcher.kv is not None:
-        groups = _by_position(groups, patcher.spec.axes.index("pos"), corrupted.device.type)
-    for group in groups:
-        for lo in range(0, len(group), k):
-            chunk = group[lo : lo + k]
-            values.update(zip(chunk, patcher.run(chunk), strict=True))
-            bar.update(len(chunk))
+    if patcher.kv is None:
+        chunks = [group[lo : lo + k] for group in groups for lo in range(0, len(group), k)]
+    else:
+        tokens = k * n_prompts * n_pos
+        if corrupted.device.type == "cpu":
+            tokens = min(tokens, CPU_TOKENS_FROM_POSITION)
+        pos_axis = patcher.spec.axes.index("pos")
+        chunks = [
+            chunk
+            for group in groups
+            for chunk in _from_position(group, pos_axis, n_prompts, n_pos, k, tokens)
+        ]
+    for chunk in chunks:
+        values.update(zip(chunk, patcher.run(chunk), strict=True))
+        bar.update(len(chunk))
     bar.close()
     return [values[index] for index in indices]
 
 
-def _by_position(
-    groups: list[list[tuple[int, ...]]], pos_axis: int, device_type: str
+def _from_position(
+    group: list[tuple[int, ...]], pos_axis: int, n_prompts: int, n_pos: int, k: int, tokens: int
 ) -> list[list[tuple[int, ...]]]:
-    """Each group's patches sorted by position, so that a forward (starting at its first
-    patched position) computes few positions it does not need. On a CPU, where cost grows
-    with tokens and batching gains little, one group per position: no wasted positions."""
-    by_pos = [sorted(group, key=lambda ix: ix[pos_axis]) for group in groups]
-    if device_type != "cpu":
-        return by_pos
-    return [
-        list(same)
-        for group in by_pos
-        for _, same in itertools.groupby(group, lambda ix: ix[pos_axis])
-    ]
+    """Chunks of the patches of one layer for forwards that start at their chunk's first
+    patched position: latest positions first, each chunk of at most ``k`` patches and
+    ``tokens`` tokens (prompts x positions run), so that patches late in the prompt share
+    short forwards and few positions are run that a patch does not need."""
+    chunks: list[list[tuple[int, ...]]] = []
+    for index in sorted(group, key=lambda ix: -ix[pos_axis]):
+        run = n_prompts * (n_pos - index[pos_axis])  # tokens of a forward from its position
+        if chunks and len(chunks[-1]) < k and (len(chunks[-1]) + 1) * run <= tokens:
+            chunks[-1].append(index)
+        else:
+            chunks.append([index])
+    return chunks
 
 
 def make_patcher(
