@@ -22,6 +22,12 @@ patched index), computed with far fewer and shorter forwards:
    contract). Then per-position patches at the last layer that cannot reach the final
    position (head outputs, queries, attention or MLP outputs at an earlier position) are
    not run: their value is the corrupted run's.
+4. Position skipping (pretrained bridges, final-position metrics). Nothing before the
+   patched position changes either, so a per-position patch at position ``p`` runs
+   positions ``p..`` only, their attention reading the corrupted keys and values of the
+   earlier positions from a Hugging Face cache filled in the capture forward; forwards
+   take the latest positions first, several patches each. Checked once per call against
+   the full forward (else: every position).
 
 Exact identity: patching the whole ``resid_pre`` of a layer gives the clean run.
 
