@@ -43,6 +43,21 @@ COMMANDS = [
         "configs/toy_induction_circuit.yaml",
     ),
     (
+        "Ablation (zero / mean / resample) of each head and attention output",
+        "python scripts/run_experiment.py --config configs/toy_induction_ablation.yaml",
+        "configs/toy_induction_ablation.yaml",
+    ),
+    (
+        "Path patching: sender head -> receiver heads' query / key / value inputs",
+        "python scripts/run_experiment.py --config configs/toy_induction_path_patching.yaml",
+        "configs/toy_induction_path_patching.yaml",
+    ),
+    (
+        "Logit lens (and a tuned lens): the answer's probability after each layer",
+        "python scripts/run_experiment.py --config configs/toy_induction_logit_lens.yaml",
+        "configs/toy_induction_logit_lens.yaml",
+    ),
+    (
         "Cache activations to data/activations/ (resumes if interrupted; "
         "gpt2-small: --model gpt2-small --layer 8 --dataset text, its text streamed from the Hub)",
         "python scripts/cache_activations.py --model toy-induction --layer 0 "
