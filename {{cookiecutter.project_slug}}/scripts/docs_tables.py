@@ -92,6 +92,12 @@ COMMANDS = [
         "scripts/benchmark_caching.py",
     ),
     (
+        "Time ablation sweeps against the same sweep through transformer_lens hooks "
+        "(--model both adds a GPT-2-sized model; --kind pretrained: Hugging Face bridges)",
+        "python scripts/benchmark_ablation.py --model toy",
+        "scripts/benchmark_ablation.py",
+    ),
+    (
         "Refresh the generated sections of CLAUDE.md and AGENTS.md",
         "python scripts/update_docs.py",
         "scripts/update_docs.py",
