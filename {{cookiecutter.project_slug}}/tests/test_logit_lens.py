@@ -51,7 +51,8 @@ def test_toy_last_point_and_known_answer(toy_model):
 def test_tuned_lens_lowers_kl_on_held_out_prompts(toy_model):
     """Trained on 64 prompts' activations (100 steps), evaluated on 64 others: measured KL
     5.4 / 4.8 nats (logit lens) -> 3.3 / 3.3 (tuned) at the embedding / layer 0."""
-    lens, losses = train_tuned_lens(toy_model, _data(64, 5).clean_tokens, steps=100, lr=1e-2)
+    with torch.no_grad():  # trains anyway (gradients of the lens only)
+        lens, losses = train_tuned_lens(toy_model, _data(64, 5).clean_tokens, steps=100, lr=1e-2)
     assert losses[-1] < 0.8 * losses[0]
     held_out = _data(64, 9).clean_tokens
     plain, tuned = lens_kl(toy_model, held_out), lens_kl(toy_model, held_out, lens)

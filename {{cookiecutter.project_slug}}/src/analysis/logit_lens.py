@@ -140,34 +140,53 @@ def train_tuned_lens(
     batch_size: int = 512,
     seed: int = 0,
 ) -> tuple[TunedLens, list[float]]:
-    """A tuned lens fitted to the activations of ``tokens`` [n, pos] (cached once; training
-    runs no model forward, only the final norm and unembedding): Adam on the KL from the
-    model's final distribution, summed over lens points, on random batches of positions.
-    Returns the lens and the loss per step. The model's parameters get no gradients."""
+    """A tuned lens fitted (``fit_tuned_lens``) to the activations of ``tokens`` [n, pos] at
+    every lens point, cached by one forward."""
+    resid, final = lens_residuals(model, tokens, final_only=False)
+    return fit_tuned_lens(model, resid, final, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+
+
+def fit_tuned_lens(
+    model: Any,
+    resid: Tensor,
+    final_logits: Tensor,
+    *,
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 512,
+    seed: int = 0,
+) -> tuple[TunedLens, list[float]]:
+    """A tuned lens trained on cached activations: ``resid`` [n_points, ..., d_model] (the
+    lens points' residual stream at the same tokens) and the model's ``final_logits`` there
+    [..., d_vocab]. Adam on KL(final || lens), summed over lens points, on random batches of
+    tokens; no model forward, only the final norm and unembedding, whose parameters get no
+    gradients. Returns the lens and the loss per step."""
     if steps < 1 or lr <= 0 or batch_size < 1:
         raise ValueError(f"steps, lr and batch_size must be > 0, got {steps}, {lr}, {batch_size}")
-    resid, final = lens_residuals(model, tokens, final_only=False)
     d_model = resid.shape[-1]
     resid = resid.reshape(len(resid), -1, d_model).float()  # [n_points, n_tokens, d_model]
-    target = final.reshape(-1, final.shape[-1]).float().log_softmax(-1)
+    target = final_logits.reshape(-1, final_logits.shape[-1]).float().log_softmax(-1)
+    if target.shape[0] != resid.shape[1]:
+        raise ValueError(f"final_logits cover {target.shape[0]} tokens but resid {resid.shape[1]}")
     lens = TunedLens(len(resid), d_model).to(resid.device)
     params = list(lens.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     dtype = next(model.parameters()).dtype
     losses = []
-    for _ in range(steps):
-        rows = torch.randint(0, resid.shape[1], (batch_size,), generator=generator)
-        rows = rows.to(resid.device)
-        translated = lens(resid[:, rows])[:-1]  # the last point is the identity
-        logits = unembed(model, translated.to(dtype)).float().log_softmax(-1)
-        loss = (target[rows].exp() * (target[rows] - logits)).sum(-1).mean(-1).sum()
-        # gradients of the lens only (the model's .grad stay untouched)
-        grads = torch.autograd.grad(loss, params)
-        for param, grad in zip(params, grads, strict=True):
-            param.grad = grad
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if not math.isfinite(losses[-1]):
-            raise RuntimeError("tuned lens training diverged (loss is not finite): lower lr")
+    with torch.enable_grad():  # also where the caller turned gradients off (notebooks)
+        for _ in range(steps):
+            rows = torch.randint(0, resid.shape[1], (batch_size,), generator=generator)
+            rows = rows.to(resid.device)
+            translated = lens(resid[:, rows])[:-1]  # the last point is the identity
+            logits = unembed(model, translated.to(dtype)).float().log_softmax(-1)
+            loss = (target[rows].exp() * (target[rows] - logits)).sum(-1).mean(-1).sum()
+            # gradients of the lens only (the model's .grad stay untouched)
+            grads = torch.autograd.grad(loss, params)
+            for param, grad in zip(params, grads, strict=True):
+                param.grad = grad
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise RuntimeError("tuned lens training diverged (loss is not finite): lower lr")
     return lens.eval(), losses
