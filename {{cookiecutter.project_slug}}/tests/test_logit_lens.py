@@ -98,3 +98,30 @@ def test_pretrained_last_point(pretrained_model):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_pretrained_last_point_every_arch(pretrained_model, arch):
     _pretrained(pretrained_model(arch))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_new_kinds_run_on_pretrained(pretrained_model, arch, tmp_path):
+    """The ablation, path patching and logit lens runners end to end on IOI prompts."""
+    from src.data.ioi import make_ioi_dataset
+    from src.experiments.registry import experiment_config, get_kind
+
+    model = pretrained_model(arch)
+    data = make_ioi_dataset(model.tokenizer, 4, seed=0)
+    sections = {
+        "ablation": {"ablation": "resample", "n_resamples": 2, "components": ["head_out"]},
+        "path_patching": {"senders": [[0, 1]], "inputs": ["k"]},
+        "logit_lens": {"tuned": True, "steps": 5},
+    }
+    for kind, body in sections.items():
+        config = experiment_config().model_validate({
+            "experiment": {"name": kind}, "model": {"name": "tiny", "device": "cpu"},
+            "data": {"dataset": "ioi", "n_samples": 4, "seq_length": None}, kind: body,
+            "output": {"results_dir": str(tmp_path), "figures": False},
+        })  # fmt: skip
+        results = get_kind(kind).run(model, data, config, batch_size=2)
+        headline = results[get_kind(kind).headline]
+        assert isinstance(headline, float) and headline == headline, (kind, headline)
+        if kind == "logit_lens":
+            assert results["last_point_error"] < 1e-5
