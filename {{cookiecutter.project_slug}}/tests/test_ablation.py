@@ -165,7 +165,7 @@ def _pretrained_check(model):
         )
 
     for kind in ("zero", "mean"):
-        for component, per_position in (("head_out", False), ("attn_out", True)):
+        for component, per_position in (("head_out", False), ("attn_out", True), ("mlp_out", True)):
             ours = ablate(model, tokens, metric, component, per_position, ablation=kind)
             ref = reference_ablate(model, tokens, metric, component, per_position, ablation=kind)
             torch.testing.assert_close(ours.values, ref, atol=1e-4, rtol=0)

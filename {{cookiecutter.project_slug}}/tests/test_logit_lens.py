@@ -83,6 +83,10 @@ def test_runner_reports_both_lenses(toy_model, tmp_path):
     prob = results["lens"]["answer_prob"]
     assert prob["low"][2] <= prob["mean"][2] <= prob["high"][2] and prob["mean"][2] > 0.9
     assert results["tuned_mean_kl_to_final"] < results["mean_kl_to_final"]
+    from src.visualization.figures import draw_figures
+
+    (png,) = draw_figures(("logit_lens",), "lens", results, tmp_path)
+    assert (tmp_path / "lens_logit_lens.png").stat().st_size > 0 and png.endswith(".png")
 
 
 def _pretrained(model):

@@ -161,3 +161,7 @@ def test_runner_lists_the_key_paths(toy_model, previous, tmp_path):
     ]  # fmt: skip
     assert all(entry["low"] <= entry["mean"] <= entry["high"] for entry in top)
     assert results["top_path_effect"] == top[0]["mean"] > 0.3
+    from src.visualization.figures import draw_figures
+
+    (png,) = draw_figures(("paths",), "pp", results, tmp_path)
+    assert png.endswith("pp_paths.png") and (tmp_path / "pp_paths.png").stat().st_size > 0
