@@ -81,6 +81,7 @@ def ablate(
     heads: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     memory_budget_mb: float = 1024,
+    together: bool = False,
     progress: bool = False,
 ) -> AblationResult:
     """``metric`` of the run on ``tokens`` with one activation of ``component`` ablated, for
@@ -91,7 +92,9 @@ def ablate(
     (each prompt gets the activation of a random ``reference`` prompt, ``n_resamples`` draws
     with ``seed``; the reference must have ``tokens``' length). ``reference`` defaults to
     ``tokens`` (resampling then draws another prompt of the batch where it can).
-    ``direction``: ablate only along it (see the module docstring).
+    ``direction``: ablate only along it (see the module docstring). ``together``: every
+    selected index ablated at once, in one forward (e.g. all induction heads): ``values``
+    is then one value (per prompt), ``axes`` empty.
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
@@ -144,6 +147,8 @@ def ablate(
 
         def run(targets: dict[int, Tensor]) -> Tensor:
             patcher.inputs.targets = targets
+            if together:
+                return _ablate_together(patcher, spec).float().cpu()
             values = patch_all(patcher, spec.indices(), memory_budget_mb, progress)
             stacked = torch.stack([torch.as_tensor(v, device=device) for v in values])
             result = torch.full(spec.shape + stacked.shape[1:], torch.nan)
@@ -158,7 +163,36 @@ def ablate(
             )
         else:
             values = run(_targets(own, reference_acts, layers_used, units, None))
-    return AblationResult(values=values, baseline=baseline.float().cpu(), axes=spec.axes)
+    axes = () if together else spec.axes
+    return AblationResult(values=values, baseline=baseline.float().cpu(), axes=axes)
+
+
+def _ablate_together(patcher: Any, spec: Any) -> Tensor:
+    """The metric with every index of ``spec`` ablated at once (the patcher's targets): one
+    forward, from the first ablated layer on native bridges."""
+    from functools import partial
+
+    from src.analysis.forward import hooked, is_native, run_tail
+    from src.analysis.patch_engine import _layer_mask, _patch_hook
+    from src.models.hooks import n_heads_of
+
+    model, tokens = patcher.model, patcher.corrupted
+    n_pos, n_heads = tokens.shape[1], n_heads_of(model, spec.component)
+    indices = spec.indices()
+    hooks = []
+    for layer in sorted({ix[0] for ix in indices}):
+        mine = [ix for ix in indices if ix[0] == layer]
+        mask = _layer_mask(spec, mine, 0, len(mine), n_pos, n_heads).any(0, keepdim=True)
+        target = patcher.inputs.targets[layer]
+        fn = partial(_patch_hook, mask=mask.to(target.device), target=target)
+        hooks.append((patcher.points[get_component(spec.component).hook(layer)], fn))
+    with hooked(hooks):
+        if is_native(model):
+            start = min(ix[0] for ix in indices)
+            logits = run_tail(model, patcher.inputs.resid_pre[start], start, patcher.final_only)
+        else:
+            logits = model(tokens)
+    return patcher.evaluate(logits, 1)[0]
 
 
 def _draw(n: int, m: int, generator: torch.Generator) -> Tensor:

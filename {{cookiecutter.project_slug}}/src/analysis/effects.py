@@ -98,7 +98,8 @@ def effect_summary(
     mean = torch.tensor(nan_to_num(summary["mean"]), dtype=torch.float)
     order = mean.abs().nan_to_num(-1.0).flatten().argsort(descending=True)
     top = []
-    for flat in order[: min(top_k, int((~mean.isnan()).sum()))].tolist():
+    n_top = min(top_k, int((~mean.isnan()).sum())) if axes else 0  # one value: no ranking
+    for flat in order[:n_top].tolist():
         index = [int(i) for i in torch.unravel_index(torch.tensor(flat), mean.shape)]
         entry = {"entry": entry_label(axes, index), "index": index}
         for key in ("mean", "low", "high"):

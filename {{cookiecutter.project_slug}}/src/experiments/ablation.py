@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import model_validator
+from pydantic import StrictBool, model_validator
 
 from src.experiments.registry import ExperimentKind
 from src.utils.config import NonNegativeInt, PositiveInt, SweepConfig
@@ -28,6 +28,7 @@ class AblationConfig(SweepConfig):
     reference: Literal["clean", "corrupted"] = "clean"
     n_resamples: PositiveInt = 5
     seed: NonNegativeInt = 0
+    together: StrictBool = False  # every selected index of a component ablated at once
 
     @model_validator(mode="after")
     def _ablatable(self) -> AblationConfig:
@@ -71,14 +72,17 @@ def run_ablation_experiment(
             result = ablate(
                 model, batch.clean_tokens, per_prompt_metric(batch, section.metric), component,
                 section.per_position, ablation=section.ablation, reference=reference,
-                n_resamples=section.n_resamples, seed=section.seed + i, **where,
+                n_resamples=section.n_resamples, seed=section.seed + i,
+                together=section.together, **where,
             )  # fmt: skip
             parts.append(result.values)
         values = torch.cat(parts, dim=-1)  # [(n_resamples,) *layout, n_prompts]
         per_prompt = values.mean(0) if section.ablation == "resample" else values
-        axes = result_axes(component, section.per_position)
+        axes = () if section.together else result_axes(component, section.per_position)
         # the baselines swapped: 0 = the clean (unablated) run, 1 = the corrupted run
         summary = effect_summary(per_prompt, axes, sweep.corrupted, sweep.clean)
+        if section.together:
+            results[f"{component}_together_effect"] = summary["normalized"]["mean"]
         if section.ablation == "resample" and section.n_resamples > 1:
             by_resample = values.mean(-1)
             finite = ~by_resample.isnan().any(0)

@@ -78,6 +78,8 @@ def effects(
     labels = results.get("token_labels")
     for component, entry in results.get("components", {}).items():
         summary = entry.get("attribution", entry)
+        if not summary["axes"]:  # one value (indices ablated together): no heatmap
+            continue
         ticks = labels if "pos" in summary["axes"] else None
         stem = Path(figures_dir) / f"{name}_{component}"
         title = f"{name}: {label}, {component}"
