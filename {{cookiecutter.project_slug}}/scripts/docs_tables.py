@@ -43,6 +43,21 @@ COMMANDS = [
         "configs/toy_induction_circuit.yaml",
     ),
     (
+        "Ablation (zero / mean / resample) of each head and attention output",
+        "python scripts/run_experiment.py --config configs/toy_induction_ablation.yaml",
+        "configs/toy_induction_ablation.yaml",
+    ),
+    (
+        "Path patching: sender head -> receiver heads' query / key / value inputs",
+        "python scripts/run_experiment.py --config configs/toy_induction_path_patching.yaml",
+        "configs/toy_induction_path_patching.yaml",
+    ),
+    (
+        "Logit lens (and a tuned lens): the answer's probability after each layer",
+        "python scripts/run_experiment.py --config configs/toy_induction_logit_lens.yaml",
+        "configs/toy_induction_logit_lens.yaml",
+    ),
+    (
         "Cache activations to data/activations/ (resumes if interrupted; "
         "gpt2-small: --model gpt2-small --layer 8 --dataset text, its text streamed from the Hub)",
         "python scripts/cache_activations.py --model toy-induction --layer 0 "
@@ -75,6 +90,12 @@ COMMANDS = [
         "Time activation caching against a bare forward, and its peak memory at two sizes",
         "python scripts/benchmark_caching.py --model toy",
         "scripts/benchmark_caching.py",
+    ),
+    (
+        "Time ablation sweeps against the same sweep through transformer_lens hooks "
+        "(--model both adds a GPT-2-sized model; --kind pretrained: Hugging Face bridges)",
+        "python scripts/benchmark_ablation.py --model toy",
+        "scripts/benchmark_ablation.py",
     ),
     (
         "Refresh the generated sections of CLAUDE.md and AGENTS.md",

@@ -120,7 +120,9 @@ HEADLINE_KEYS = (
     "recovered",  # circuit discovery: fraction of the clean metric the circuit keeps
     "explained_variance",  # SAE training
     "head_out_pearson_r",  # attribution vs activation patching
-    "head_out_top_effect",  # patching
+    "head_out_top_effect",  # patching, ablation
+    "top_path_effect",  # path patching
+    "mean_kl_to_final",  # logit lens
     "clean_logit_diff",  # baseline
 )
 

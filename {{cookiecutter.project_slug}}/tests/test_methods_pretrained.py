@@ -144,7 +144,10 @@ def test_attribution_experiment_runs(pretrained_model, ioi, arch, tmp_path):
     body = {"components": ["head_out", "k"], "metric": "logit_diff", "compare": True}
     config = _config(tmp_path, "attribution", body)
     results = run_attribution_experiment(pretrained_model(arch), ioi(arch), config)
-    assert results["head_out_pearson_r"] > 0.8  # small effects on random weights: near-linear
+    # On random weights every effect is tiny and near-linear, so agreement here (r = 1.000)
+    # proves nothing: it is checked on the trained toy (tests/test_attribution.py,
+    # test_run_experiment.py). Here: the comparison ran and is a number.
+    assert -1.0 <= results["head_out_pearson_r"] <= 1.0
     dla = results["dla"]
     assert abs(sum(dla["terms"]["mean"]) + dla["remainder_mean"] - dla["logit_diff_mean"]) < 1e-4
     assert abs(dla["remainder_mean"]) < 1e-4  # no biases outside the terms on these models

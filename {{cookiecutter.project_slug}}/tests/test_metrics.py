@@ -68,3 +68,19 @@ def test_normalize() -> None:
     assert values.tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="baselines are equal"):
         normalize(1.0, clean=2.0, corrupted=2.0)
+
+
+def test_near_zero_gap_warns_in_output_and_log(caplog):
+    """The case found on a random model: baselines -0.01064 and -0.01048 gave normalized
+    effects of -1.95 silently; now a warning (warnings + logging) stored with the results."""
+    from src.analysis.effects import gap_warning
+    from src.experiments.common import results_header
+
+    assert gap_warning(11.6, -11.5) is None and gap_warning(1.0, 0.9) is None
+    assert gap_warning(1.0, 0.96) is not None  # 4% of the size: under the 5% tolerance
+    clean, corrupted = torch.tensor([-0.01064, -0.01064]), torch.tensor([-0.01048, -0.01048])
+    with pytest.warns(RuntimeWarning, match="normalized effects .* are unreliable"):
+        header = results_header(clean, corrupted, "logit_diff")
+    (message,) = header["warnings"]
+    assert "differ by 0.00016" in message and message in caplog.text
+    assert "warnings" not in results_header(torch.tensor([2.0]), torch.tensor([0.0]), "x")

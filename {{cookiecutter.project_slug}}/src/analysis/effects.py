@@ -3,7 +3,9 @@ intervals, the strongest entries with their labels, and JSON-safe values (NaN as
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,13 @@ from torch import Tensor
 from src.analysis.metrics import bind_metric, normalize
 from src.analysis.statistics import bootstrap_ci
 from src.data.dataset import ContrastDataset, batches
+
+logger = logging.getLogger(__name__)
+
+# Below this gap between the clean and corrupted baselines, relative to the larger of the
+# two, normalized effects divide by almost nothing (a gap of 1.5% turned a 0.3% change into
+# an effect of -1.95): warn.
+GAP_RTOL = 0.05
 
 
 def per_prompt_metric(batch: ContrastDataset, metric: str) -> Callable[[Tensor], Tensor]:
@@ -33,6 +42,30 @@ def baselines(
         clean.append(fn(model(batch.clean_tokens)).float().cpu())
         corrupted.append(fn(model(batch.corrupted_tokens)).float().cpu())
     return torch.cat(clean), torch.cat(corrupted)
+
+
+def gap_warning(clean: float, corrupted: float, rtol: float = GAP_RTOL) -> str | None:
+    """The warning for baselines too close to normalize by (``|clean - corrupted|`` below
+    ``rtol`` times the larger magnitude), else None."""
+    gap, scale = abs(clean - corrupted), max(abs(clean), abs(corrupted))
+    if gap > 0 and gap >= rtol * scale:
+        return None
+    return (
+        f"clean ({clean:.5g}) and corrupted ({corrupted:.5g}) baselines differ by {gap:.3g}, "
+        f"under {rtol:.0%} of their size: normalized effects (divided by this gap) are "
+        "unreliable; use a corruption or metric that separates them"
+    )
+
+
+def warn_if_small_gap(clean: float, corrupted: float, rtol: float = GAP_RTOL) -> list[str]:
+    """``gap_warning`` issued (``warnings.warn`` and the log) and returned as a list, for
+    the results; an empty list when the gap is fine."""
+    message = gap_warning(clean, corrupted, rtol)
+    if message is None:
+        return []
+    logger.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return [message]
 
 
 def ci_dict(values: Tensor, seed: int = 0) -> dict[str, Any]:
@@ -65,7 +98,8 @@ def effect_summary(
     mean = torch.tensor(nan_to_num(summary["mean"]), dtype=torch.float)
     order = mean.abs().nan_to_num(-1.0).flatten().argsort(descending=True)
     top = []
-    for flat in order[: min(top_k, int((~mean.isnan()).sum()))].tolist():
+    n_top = min(top_k, int((~mean.isnan()).sum())) if axes else 0  # one value: no ranking
+    for flat in order[:n_top].tolist():
         index = [int(i) for i in torch.unravel_index(torch.tensor(flat), mean.shape)]
         entry = {"entry": entry_label(axes, index), "index": index}
         for key in ("mean", "low", "high"):

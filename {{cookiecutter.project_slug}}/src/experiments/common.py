@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from src.analysis.effects import baselines, ci_dict, per_prompt_metric
+from src.analysis.effects import baselines, ci_dict, per_prompt_metric, warn_if_small_gap
 from src.analysis.tokens import token_labels
 from src.data.dataset import ContrastDataset, batches
 from src.models.hooks import HEAD_COMPONENTS
@@ -36,8 +36,9 @@ def sweep_indices(section: Any, per_head: bool) -> dict[str, list[int] | None]:
 
 
 def results_header(clean: Tensor, corrupted: Tensor, metric: str) -> dict[str, Any]:
-    """The start of a sweep's results: sizes and both baselines with CIs."""
-    return {
+    """The start of a sweep's results: sizes and both baselines with CIs, and a warning
+    when the baselines are too close to normalize by (``warn_if_small_gap``)."""
+    results = {
         "n_samples": len(clean),
         "metric": metric,
         "clean_metric": clean.mean().item(),
@@ -46,6 +47,10 @@ def results_header(clean: Tensor, corrupted: Tensor, metric: str) -> dict[str, A
         "components": {},
         "figures": [],
     }
+    gap = warn_if_small_gap(results["clean_metric"], results["corrupted_metric"])
+    if gap:
+        results["warnings"] = gap
+    return results
 
 
 def over_batches(

@@ -78,6 +78,8 @@ def effects(
     labels = results.get("token_labels")
     for component, entry in results.get("components", {}).items():
         summary = entry.get("attribution", entry)
+        if not summary["axes"]:  # one value (indices ablated together): no heatmap
+            continue
         ticks = labels if "pos" in summary["axes"] else None
         stem = Path(figures_dir) / f"{name}_{component}"
         title = f"{name}: {label}, {component}"
@@ -164,12 +166,36 @@ def sae_features(
     return made
 
 
+def paths(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """The path patching heatmaps ``{name}_paths.png`` (sender x receiver, per input)."""
+    from src.visualization.lens_paths import save_path_patching_figure
+
+    if "paths" not in results:
+        raise Unavailable("the log has no path patching results")
+    path = Path(figures_dir) / f"{name}_paths.png"
+    title = f"{name}: path patching (sender -> receiver input)"
+    return [str(save_path_patching_figure(results["paths"], path, title=title))]
+
+
+def logit_lens(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """The answer probability and KL per layer ``{name}_logit_lens.png`` (and tuned lens)."""
+    from src.visualization.lens_paths import save_logit_lens_figure
+
+    if "lens" not in results:
+        raise Unavailable("the log has no logit lens results")
+    path = Path(figures_dir) / f"{name}_logit_lens.png"
+    title = f"{name}: logit lens at the final position"
+    return [str(save_logit_lens_figure(results, path, title=title))]
+
+
 FIGURES: dict[str, Maker] = {
     "effects": effects,
     "dla": dla,
     "circuit": circuit,
     "attention": attention,
     "sae_features": sae_features,
+    "paths": paths,
+    "logit_lens": logit_lens,
 }
 
 
