@@ -122,6 +122,8 @@ HEADLINE_KEYS = (
     "head_out_pearson_r",  # attribution vs activation patching
     "head_out_top_effect",  # patching
     "clean_logit_diff",  # baseline
+    "max_accuracy",  # linear probes: the best layer's held-out accuracy
+    "steered_shift",  # steering: metric shift at the largest coefficient
 )
 
 

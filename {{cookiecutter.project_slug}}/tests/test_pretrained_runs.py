@@ -19,6 +19,7 @@ CONFIGS = {  # kind -> the toy config it starts from
     "patching": "toy_induction_patching.yaml",
     "attribution": "toy_induction_attribution.yaml",
     "circuit_discovery": "toy_induction_circuit.yaml",
+    "probes": "toy_induction_probes.yaml",
 }
 FAST = {("qwen2", "patching")}  # the rest: pytest -m slow
 

@@ -164,12 +164,21 @@ def sae_features(
     return made
 
 
+def probes(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """Probe accuracy per layer against the control task, ``{name}_probes.png``."""
+    from src.visualization.probes import save_probe_figure
+
+    title = f"{name}: linear probes for {results['task']}"
+    return [str(save_probe_figure(results, Path(figures_dir) / f"{name}_probes.png", title=title))]
+
+
 FIGURES: dict[str, Maker] = {
     "effects": effects,
     "dla": dla,
     "circuit": circuit,
     "attention": attention,
     "sae_features": sae_features,
+    "probes": probes,
 }
 
 
