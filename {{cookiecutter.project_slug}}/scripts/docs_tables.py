@@ -48,6 +48,12 @@ COMMANDS = [
         "configs/toy_induction_probes.yaml",
     ),
     (
+        "Steering: add the difference of means (or an SAE latent's decoder row) with a "
+        "sweep of coefficients; metric and greedy continuations per coefficient",
+        "python scripts/run_experiment.py --config configs/toy_induction_steering.yaml",
+        "configs/toy_induction_steering.yaml",
+    ),
+    (
         "Cache activations to data/activations/ (resumes if interrupted; "
         "gpt2-small: --model gpt2-small --layer 8 --dataset text, its text streamed from the Hub)",
         "python scripts/cache_activations.py --model toy-induction --layer 0 "

@@ -20,6 +20,7 @@ CONFIGS = {  # kind -> the toy config it starts from
     "attribution": "toy_induction_attribution.yaml",
     "circuit_discovery": "toy_induction_circuit.yaml",
     "probes": "toy_induction_probes.yaml",
+    "steering": "toy_induction_steering.yaml",
 }
 FAST = {("qwen2", "patching")}  # the rest: pytest -m slow
 

@@ -172,6 +172,16 @@ def probes(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> l
     return [str(save_probe_figure(results, Path(figures_dir) / f"{name}_probes.png", title=title))]
 
 
+def steering(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """The metric per steering coefficient ``{name}_steering.png`` and the steered
+    continuations ``{name}_steering_text.md``."""
+    from src.visualization.steering import save_steering_figures
+
+    title = f"{name}: steering at {results['hook_name']} ({results['source']})"
+    stem = Path(figures_dir) / f"{name}_steering"
+    return [str(p) for p in save_steering_figures(results, stem, title=title)]
+
+
 FIGURES: dict[str, Maker] = {
     "effects": effects,
     "dla": dla,
@@ -179,6 +189,7 @@ FIGURES: dict[str, Maker] = {
     "attention": attention,
     "sae_features": sae_features,
     "probes": probes,
+    "steering": steering,
 }
 
 
