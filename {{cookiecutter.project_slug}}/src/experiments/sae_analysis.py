@@ -105,6 +105,6 @@ KIND = ExperimentKind(
     name="sae_analysis",
     label="SAE feature analysis",
     run=run_sae_analysis,
-    figures=("sae_features",),
+    figures=("sae_features", "sae_dashboard"),
     headline="explained_variance",
 )

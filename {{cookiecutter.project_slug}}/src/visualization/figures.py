@@ -182,6 +182,22 @@ def steering(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) ->
     return [str(p) for p in save_steering_figures(results, stem, title=title)]
 
 
+def sae_dashboard(
+    name: str, results: dict[str, Any], figures_dir: Path, *, log_path: Path | None = None,
+    **_: Any,
+) -> list[str]:  # fmt: skip
+    """The SAE's feature dashboard ``{name}_dashboard.html`` (self-contained: no scripts or
+    CDN) from the feature report the run saved."""
+    from src.visualization.dashboards import save_dashboard
+
+    missing = Unavailable("rerun the SAE run to store its feature report (features.json)")
+    report = _logged_json(results, "features_file", log_path, missing, "feature report ")
+    path = Path(figures_dir) / f"{name}_dashboard.html"
+    return [
+        str(save_dashboard(report, path, title=f"{name}: SAE features ({report['hook_name']})"))
+    ]
+
+
 FIGURES: dict[str, Maker] = {
     "effects": effects,
     "dla": dla,
@@ -190,6 +206,7 @@ FIGURES: dict[str, Maker] = {
     "sae_features": sae_features,
     "probes": probes,
     "steering": steering,
+    "sae_dashboard": sae_dashboard,
 }
 
 
