@@ -57,7 +57,8 @@ def test_toy_previous_token_appears_after_layer_0(toy_model):
     tokens = make_induction_dataset(80, 31, 64, 0, seed=0).clean_tokens
     hooks = layer_hooks(2)
     _, acts = capture(toy_model, hook_points(toy_model), tokens, hooks, logits=False)
-    results = probe_layers(acts, tokens, previous_token_labels(tokens), n_classes=64, steps=150)
+    results = probe_layers(acts, tokens, previous_token_labels(tokens), steps=150)
+    assert results["n_classes"] == 64  # every token of the vocabulary (BOS too) precedes one
     per_hook = results["per_hook"]
     embed, layer1 = per_hook["blocks.0.hook_resid_pre"], per_hook["blocks.1.hook_resid_pre"]
     # The embedding cannot know the previous token (chance is 1/63) ...

@@ -152,7 +152,6 @@ def probe_layers(
     tokens: Tensor,
     labels: Tensor,
     *,
-    n_classes: int,
     train_fraction: float = 0.8,
     steps: int = 300,
     lr: float = 0.05,
@@ -162,9 +161,10 @@ def probe_layers(
     """Probe every activation of ``activations`` (hook name -> [n_seq, ctx, d], one model
     run on ``tokens`` [n_seq, ctx]) for ``labels`` [n_seq, ctx] (``IGNORE`` = not scored)
     and for its control task; train on ``train_fraction`` of the sequences, test on the
-    rest.
+    rest. The classes are the distinct labels present (e.g. the previous tokens that occur,
+    not the whole vocabulary).
 
-    Returns plain data: ``{"hooks", "n_train_tokens", "n_test_tokens", "majority" (the
+    Returns plain data: ``{"hooks", "n_classes", "n_train_tokens", "n_test_tokens", "majority" (the
     most frequent test label's share), "per_hook": {hook: {"accuracy", "control_accuracy",
     "selectivity" (each with "mean", "low", "high": a 95% bootstrap CI over test
     sequences)}}}``.
@@ -174,8 +174,12 @@ def probe_layers(
         raise ValueError("no activations to probe")
     if labels.shape != tokens.shape:
         raise ValueError(f"labels {tuple(labels.shape)} must match tokens {tuple(tokens.shape)}")
-    if int(labels.max()) >= n_classes:
-        raise ValueError(f"labels go up to {int(labels.max())} but n_classes is {n_classes}")
+    scored_all = labels != IGNORE
+    if not scored_all.any():
+        raise ValueError("no scored positions (every label is IGNORE)")
+    classes, compact = torch.unique(labels[scored_all], return_inverse=True)
+    labels = torch.full_like(labels, IGNORE).masked_scatter(scored_all, compact)
+    n_classes = len(classes)
     train, test = split_sequences(len(tokens), train_fraction, seed)
     control = control_labels(tokens, labels, n_classes=n_classes, seed=seed)
     stacked = torch.stack([activations[h].float().cpu() for h in hooks])  # [L, n, ctx, d]
@@ -199,6 +203,7 @@ def probe_layers(
         per_hook[hook] = {task: _ci(values[i]) for task, values in per_task.items()}
     return {
         "hooks": hooks,
+        "n_classes": n_classes,
         "n_train_tokens": int((labels[train] != IGNORE).sum()),
         "n_test_tokens": len(test_labels),
         "majority": majority,

@@ -64,17 +64,15 @@ def run_probes_experiment(
     )  # fmt: skip
     store = open_cache(out_dir)
     cached = store.tokens()
-    n_classes = int(model.cfg.d_vocab) if section.task == "previous_token" else 2
     results = probe_layers(
         {hook: store.load(hook) for hook in hooks}, cached, LABELS[section.task](cached),
-        n_classes=n_classes, train_fraction=section.train_fraction, steps=section.steps,
+        train_fraction=section.train_fraction, steps=section.steps,
         lr=section.lr, weight_decay=section.weight_decay, seed=section.seed,
     )  # fmt: skip
     selectivity = [results["per_hook"][h]["selectivity"]["mean"] for h in hooks]
     accuracy = [results["per_hook"][h]["accuracy"]["mean"] for h in hooks]
     return {
         "task": section.task,
-        "n_classes": n_classes,
         "activations_dir": str(out_dir),
         **results,
         "max_accuracy": max(accuracy),
