@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PositiveInt, StrictFloat
+from pydantic import Field, NonNegativeInt, PositiveInt, StrictFloat
 
 from src.experiments.registry import ExperimentKind
 from src.utils.config import HookPoint, Indices, Section
@@ -30,7 +30,9 @@ class ProbesConfig(Section):
     steps: PositiveInt = 300
     lr: StrictFloat = Field(0.05, gt=0)
     weight_decay: StrictFloat = Field(1e-4, ge=0)
-    seed: int = 0
+    # split and control-task seeds: the first one's results in full; with several, each
+    # number's mean and Student-t CI across them too ("across_seeds")
+    seeds: tuple[NonNegativeInt, ...] = Field((0,), min_length=1)
 
 
 def run_probes_experiment(
@@ -56,7 +58,8 @@ def run_probes_experiment(
                 f"probes.layers: layer {layer} is out of range (0..{model.cfg.n_layers - 1})"
             )
     hooks = layer_hooks(model.cfg.n_layers, section.hook_point, layers)
-    out_dir = Path(config.output.results_dir) / "activations"
+    where = "all" if layers is None else "-".join(map(str, layers))
+    out_dir = Path(config.output.results_dir) / f"activations_{section.hook_point}_{where}"
     meta = {"model": config.model.name, "dataset": config.data.dataset, "seed": config.data.seed}
     cache_activations(
         model, tokens, hooks, out_dir, batch_size=batch_size, progress=progress,
@@ -64,11 +67,24 @@ def run_probes_experiment(
     )  # fmt: skip
     store = open_cache(out_dir)
     cached = store.tokens()
-    results = probe_layers(
-        {hook: store.load(hook) for hook in hooks}, cached, LABELS[section.task](cached),
-        train_fraction=section.train_fraction, steps=section.steps,
-        lr=section.lr, weight_decay=section.weight_decay, seed=section.seed,
-    )  # fmt: skip
+    activations = {hook: store.load(hook) for hook in hooks}
+    labels = LABELS[section.task](cached)
+    runs = [
+        probe_layers(
+            activations,
+            cached,
+            labels,
+            train_fraction=section.train_fraction,
+            steps=section.steps,
+            lr=section.lr,
+            weight_decay=section.weight_decay,
+            seed=seed,
+        )  # fmt: skip
+        for seed in section.seeds
+    ]
+    results = runs[0]
+    if len(runs) > 1:
+        results["across_seeds"] = _across_seeds(runs, hooks, list(section.seeds))
     selectivity = [results["per_hook"][h]["selectivity"]["mean"] for h in hooks]
     accuracy = [results["per_hook"][h]["accuracy"]["mean"] for h in hooks]
     return {
@@ -79,6 +95,20 @@ def run_probes_experiment(
         "max_selectivity": max(selectivity),
         "figures": [],
     }
+
+
+def _across_seeds(runs: list[dict[str, Any]], hooks: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Each hook's accuracy, control accuracy and selectivity: mean and Student-t CI over
+    the seeds' means (``src.analysis.statistics.seed_summary``)."""
+    from src.analysis.statistics import seed_summary
+
+    out: dict[str, Any] = {"seeds": seeds}
+    for hook in hooks:
+        out[hook] = {
+            task: seed_summary([run["per_hook"][hook][task]["mean"] for run in runs]).to_dict()
+            for task in ("accuracy", "control_accuracy", "selectivity")
+        }
+    return out
 
 
 KIND = ExperimentKind(
