@@ -5,7 +5,9 @@ what it writes.
 - top-activating contexts: each latent's ``k`` largest activations over the cached tokens,
   with a window of surrounding tokens (text when the model has a tokenizer, else ids);
 - decoder directions through the unembedding: ``W_dec[f] @ W_U``, the tokens a latent
-  promotes (and suppresses) directly, as in the logit lens.
+  promotes (and suppresses) directly, as in the logit lens;
+- activation histograms: each latent's active values in log-spaced bins (``HIST_EDGES``);
+- feature ablation and steering on a few sequences (``src.analysis.feature_effects``).
 
 ``feature_stats`` takes ``(tokens, activations)`` chunks (one pass, one chunk in memory at a
 time); ``store_chunks`` feeds it from an ``ActivationStore``, ``model_chunks`` from forwards of
@@ -78,6 +80,7 @@ class _Running:
     top_values: Tensor = field(init=False)
     top_indices: Tensor = field(init=False)
     histograms: Tensor = field(init=False)
+    edges: Tensor = field(init=False)  # log10 of the inner bin edges, on the SAE's device
 
     def __post_init__(self) -> None:
         device, d_sae = self.sae.W_dec.device, int(self.sae.cfg.d_sae)
@@ -392,7 +395,7 @@ def feature_report(
     effects = _effects(
         sae, model, stats, hook_name, features, effect_seqs, ignore_tokens, batch_size
     )
-    histograms = stats.histograms if stats.histograms is not None else None
+    histograms = stats.histograms
     return {
         "hook_name": hook_name,
         "n_tokens": stats.n_tokens,

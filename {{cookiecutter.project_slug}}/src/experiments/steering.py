@@ -69,7 +69,7 @@ def run_steering_experiment(
     config: Any,
     *,
     batch_size: int = 64,
-    progress: bool = False,  # noqa: ARG001 (every runner takes it; a few forwards here)
+    progress: bool = False,  # every runner takes it; a few batched forwards here
 ) -> dict[str, Any]:
     """Metric per coefficient (with CIs), its shift from coefficient 0, the share of the
     way from the negative to the positive baseline, and steered greedy continuations."""
