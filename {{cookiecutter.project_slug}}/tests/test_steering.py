@@ -79,3 +79,49 @@ def test_sae_direction_is_the_decoder_row():
     assert torch.equal(sae_direction(SAE(), 1), torch.tensor([4.0, 5.0, 6.0, 7.0]))
     with pytest.raises(ValueError, match="feature 3 is out of range"):
         sae_direction(SAE(), 3)
+
+
+@pytest.mark.slow
+def test_an_sae_latent_with_the_difference_as_decoder_row_steers_the_same(toy_model, tmp_path):
+    """The kind end to end (scripts/run_experiment.py): source "sae" with a saved SAE whose
+    latent 3 writes the difference of means gives the numbers of source "mean_diff"."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    import yaml
+
+    pytest.importorskip("sae_lens", reason="needs SAELens")
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from src.data.loading import load_dataset
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "configs" / "toy_induction_steering.yaml").read_text())
+    config["data"]["n_samples"] = 40
+    data = load_dataset("induction_shared", 40, 31, 0, model=toy_model)
+    direction = mean_difference(toy_model, data.clean_tokens[:20], data.corrupted_tokens[:20], HOOK)
+    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=8))
+    with torch.no_grad():
+        sae.W_dec[3] = direction
+    sae.save_model(tmp_path / "sae")
+    main = runpy.run_path(str(root / "scripts" / "run_experiment.py"))["main"]
+    results = {}
+    for source in ("mean_diff", "sae"):
+        config["steering"] |= {"source": source}
+        if source == "sae":
+            config["steering"] |= {"sae": str(tmp_path / "sae"), "feature": 3}
+        path = tmp_path / f"{source}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        out = tmp_path / source
+        args = ["--config", str(path), "--device", "cpu", "--results-dir", str(out)]
+        assert main([*args, "--figures-dir", str(out / "figures")]) == 0
+        (log,) = out.glob("*_2*.json")
+        results[source] = json.loads(log.read_text())["results"]
+        assert sorted(p.name for p in (out / "figures").iterdir()) == [
+            "toy_induction_steering_steering.png", "toy_induction_steering_steering_text.md"
+        ]  # fmt: skip
+    steered = {s: [e["mean"] for e in r["steered_metric"]] for s, r in results.items()}
+    assert steered["sae"] == pytest.approx(steered["mean_diff"], abs=1e-4)
+    assert results["sae"]["feature"] == 3 and results["mean_diff"]["toward_positive"][-1] > 1
+    assert results["sae"]["generation"] == results["mean_diff"]["generation"]
