@@ -77,7 +77,10 @@ def _ioi(
     """IOI prompts of exactly ``seq_length`` tokens (it picks the template group; None: the
     largest group)."""
     if getattr(model, "tokenizer", None) is None:
-        raise ValueError("dataset 'ioi' needs a model with a tokenizer (toy models have none)")
+        raise ValueError(
+            "dataset 'ioi' needs a model with a tokenizer (toy models have none): a GPT-2-style "
+            "BPE in which each name, place and object is one token"
+        )
     dataset = make_ioi_dataset(
         model.tokenizer, n_samples, seed, seq_length=seq_length, corruption=corruption or "abc"
     )
