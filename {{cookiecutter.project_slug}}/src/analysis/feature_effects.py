@@ -7,8 +7,8 @@
   next tokens gain log-probability through the whole rest of the model (the decoder-logit
   table, ``W_dec[f] @ W_U``, is only the direct path).
 
-Both run every chosen latent in one batch (the sequences repeated, one latent per copy)
-and return plain data with bootstrap CIs over sequences (``src.analysis.statistics``).
+Both run several latents per forward (the sequences repeated, one latent per copy; as
+many as ``batch_size`` rows and a bound on the logits' memory allow) and return plain data with bootstrap CIs over sequences (``src.analysis.statistics``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,17 @@ def _ci(values: Tensor) -> dict[str, float]:
     return {"mean": float(ci.estimate), "low": float(ci.low), "high": float(ci.high)}
 
 
-def _chunks(features: Sequence[int], n_seq: int, batch_size: int) -> list[list[int]]:
-    per = max(1, batch_size // max(n_seq, 1))
+LOGITS_BUDGET = 2**26  # logit entries per forward (256 MiB in float32)
+
+
+def _chunks(
+    features: Sequence[int], tokens: Tensor, batch_size: int, d_vocab: int
+) -> list[list[int]]:
+    """Features per forward: ``batch_size`` rows at most (the sequences once per feature),
+    and no more full-vocabulary logits than ``LOGITS_BUDGET``; one feature at least."""
+    n_seq, ctx = tokens.shape
+    rows = min(batch_size, LOGITS_BUDGET // max(ctx * d_vocab, 1))
+    per = max(1, rows // max(n_seq, 1))
     return [list(features[i : i + per]) for i in range(0, len(features), per)]
 
 
@@ -74,7 +83,7 @@ def feature_ablation(
     base = _next_token_loss(model(tokens), tokens)
     w_dec = sae.W_dec
     out: dict[int, dict[str, Any]] = {}
-    for group in _chunks(features, n_seq, batch_size):
+    for group in _chunks(features, tokens, batch_size, int(model.cfg.d_vocab)):
         index = torch.tensor(group, device=w_dec.device)
         fired: dict[str, Tensor] = {}
 
@@ -130,7 +139,7 @@ def feature_steering(
     n_seq = len(tokens)
     base = model(tokens).float().log_softmax(-1)
     out: dict[int, dict[str, Any]] = {}
-    for group in _chunks(list(range(len(features))), n_seq, batch_size):
+    for group in _chunks(list(range(len(features))), tokens, batch_size, int(model.cfg.d_vocab)):
         feats = [features[i] for i in group]
         coefs = torch.tensor([float(coefficients[i]) for i in group])
         rows = sae.W_dec[torch.tensor(feats)].detach().float().cpu() * coefs[:, None]
