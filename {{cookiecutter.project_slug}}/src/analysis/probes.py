@@ -11,8 +11,15 @@ the accuracy comes from what the layer computed rather than from which token sit
 Label functions (``[n_seq, ctx]`` tokens -> ``[n_seq, ctx]`` labels, -1 = not scored):
 
 - ``repeat_labels``: does this token occur earlier in its sequence (1) or not (0)?
-- ``previous_token_labels``: the id of the previous token (``n_classes = d_vocab``); a
-  previous-token head writes it into the residual stream, so it appears after that layer.
+- ``previous_token_labels``: the id of the previous token; a previous-token head writes it
+  into the residual stream, so it appears after that layer (on ``toy-induction``: 0.05
+  held-out accuracy on the embedding, 1.00 at layer 1's input).
+
+On ``toy-induction``, ``repeat`` is *not* linearly decodable at any layer (measured on
+random tokens: 0.79 at every layer, the majority class's share): its induction heads write
+the embedding of the token after the earlier occurrence, not a "seen before" direction, and
+fall back to a diffuse pattern (no attention sink) when there is none; the repeat shows
+in how sharp the attention is, which a linear read of the residual stream cannot see.
 
 ``train_probes`` fits one probe per layer, all layers in one batched optimisation (a
 ``[n_layers, d, n_classes]`` weight, full-batch Adam on standardised activations): no new
