@@ -16,8 +16,9 @@ sequences of the SAE's training context (at most the model's).
 Writes ``<results-dir>/sae_analysis_<sae>/features.json`` (density, top-activating contexts,
 decoder directions through the unembedding and, where Neuronpedia hosts the SAE, each
 latent's Neuronpedia page), the figures (density PNG, Markdown pages of contexts and decoder
-tokens, latents linked to Neuronpedia) into ``--figures-dir`` and the JSON log (L0,
-explained variance on these tokens). Errors are one line on stderr, exit status 2.
+tokens, latents linked to Neuronpedia; a self-contained HTML dashboard) into
+``--figures-dir`` and the JSON log (L0, explained variance on these tokens). Errors are one
+line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -156,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": dataset,
     }
     results["figures"] = draw_figures(
-        ("sae_features",), name, results, args.figures_dir, label="SAE feature analysis"
+        ("sae_features", "sae_dashboard"),
+        name,
+        results,
+        args.figures_dir,
+        label="SAE feature analysis",
     )
     config = {
         "sae_source": {"sae": args.sae, "layer": args.layer, "resolved": source.name},

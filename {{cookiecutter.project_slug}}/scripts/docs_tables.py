@@ -58,6 +58,17 @@ COMMANDS = [
         "configs/toy_induction_logit_lens.yaml",
     ),
     (
+        "Linear probes per layer on cached activations, against a control task (Hewitt & Liang)",
+        "python scripts/run_experiment.py --config configs/toy_induction_probes.yaml",
+        "configs/toy_induction_probes.yaml",
+    ),
+    (
+        "Steering: add the difference of means (or an SAE latent's decoder row) with a "
+        "sweep of coefficients; metric and greedy continuations per coefficient",
+        "python scripts/run_experiment.py --config configs/toy_induction_steering.yaml",
+        "configs/toy_induction_steering.yaml",
+    ),
+    (
         "Cache activations to data/activations/ (resumes if interrupted; "
         "gpt2-small: --model gpt2-small --layer 8 --dataset text, its text streamed from the Hub)",
         "python scripts/cache_activations.py --model toy-induction --layer 0 "

@@ -124,6 +124,8 @@ HEADLINE_KEYS = (
     "top_path_effect",  # path patching
     "mean_kl_to_final",  # logit lens
     "clean_logit_diff",  # baseline
+    "max_accuracy",  # linear probes: the best layer's held-out accuracy
+    "steered_shift",  # steering: metric shift at the largest coefficient
 )
 
 

@@ -146,6 +146,7 @@ EXPECTED = {
     "toy_induction_patching_head_out.png", "toy_induction_patching_head_out.html",
     "toy_induction_patching_attention.png", "toy_induction_patching_attention.html",
     "sae_toy_l0_feature_density.png", "sae_toy_l0_top_contexts.md", "sae_toy_l0_decoder_logits.md",
+    "sae_toy_l0_dashboard.html",
 }  # fmt: skip
 
 
@@ -287,8 +288,9 @@ def test_sae_log_without_a_feature_report_asks_for_a_rerun(run, tmp_path):
     (results / "sae" / "sae_toy_l0.json").write_text(json.dumps(log))
     code, output = generate("--results-dir", str(results), "--figures-dir", str(tmp_path / "f"))
     assert code == 0 and section(output, "made (") == []
-    (line,) = section(output, "could not make (")
+    line, dashboard = section(output, "could not make (")
     assert "SAE figures: rerun the SAE training to store its feature report" in line
+    assert "SAE dashboard: rerun the SAE run to store its feature report" in dashboard
 
 
 def test_missing_inputs_are_listed_not_errors(tmp_path):

@@ -175,3 +175,13 @@ def test_load_dataset_ioi(tokenizer) -> None:
         load_dataset("ioi", 8, 16, model=fake_model(None, d_vocab=64))
     with pytest.raises(ValueError, match="exceed the model's d_vocab=20"):
         load_dataset("ioi", 8, 16, model=fake_model(tokenizer, d_vocab=20))
+
+
+def test_a_tokenizer_without_single_token_names_says_what_ioi_needs() -> None:
+    """A tokenizer that knows one name (as a SentencePiece or character tokenizer might):
+    the error names the requirement, a GPT-2-style BPE with single-token names."""
+    vocab = [w for w in ioi_vocabulary() if w not in NAMES or w == "Mary"]
+    with pytest.raises(ValueError, match=r"1 names .*GPT-2-style BPE tokenizer in which each name"):
+        make_ioi_dataset(word_level_tokenizer(vocab), 4)
+    with pytest.raises(ValueError, match=r"'Zelda' is not a single token.*GPT-2-style BPE"):
+        make_ioi_dataset(word_level_tokenizer(ioi_vocabulary()), 4, names=["Mary", "Zelda"])

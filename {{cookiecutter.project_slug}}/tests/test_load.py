@@ -85,6 +85,36 @@ def test_offline_pretrained_model_is_a_clear_error(name, monkeypatch, tmp_path):
     assert isinstance(caught.value.__cause__, OSError)  # the real loader ran and failed
 
 
+def _unreachable_hub(monkeypatch, cache):
+    """No HF_HUB_OFFLINE, and a Hub endpoint that refuses connections (a closed local port)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_unreachable_hub_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
+    """Offline without HF_HUB_OFFLINE=1: no half minute of retries, and the error says to set
+    it; offline mode is only on for the load."""
+    import time
+
+    from src.models.load import hub_reachable
+
+    _unreachable_hub(monkeypatch, tmp_path)
+    assert not hub_reachable()
+    start = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError) as caught:
+        load_model("gpt2-small", device="cpu")
+    assert time.perf_counter() - start < 5  # huggingface_hub's retries took 24 s
+    assert "set HF_HUB_OFFLINE=1" in str(caught.value)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "gpt-neox", "gemma-2", "qwen2"])
 def test_local_checkpoint_matches_its_hugging_face_model(arch, tiny_checkpoints, pretrained_model):
     """A checkpoint directory loads as a downloaded model does, and its logits equal the
@@ -129,6 +159,12 @@ def _offline(monkeypatch, cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_cached_model_loads_with_an_unreachable_hub(tiny_checkpoints, monkeypatch, tmp_path):
+    _hf_cache_with(tiny_checkpoints["gpt2"], "gpt2", tmp_path)
+    _unreachable_hub(monkeypatch, tmp_path)
+    assert load_model("gpt2-small", device="cpu").cfg.n_layers == 2
 
 
 def test_pretrained_name_resolves_from_the_offline_hf_cache(

@@ -19,8 +19,13 @@ CONFIGS = {  # kind -> the toy config it starts from
     "patching": "toy_induction_patching.yaml",
     "attribution": "toy_induction_attribution.yaml",
     "circuit_discovery": "toy_induction_circuit.yaml",
+    "probes": "toy_induction_probes.yaml",
+    "steering": "toy_induction_steering.yaml",
 }
 FAST = {("qwen2", "patching")}  # the rest: pytest -m slow
+# Section entries changed for the tiny checkpoints: a 512-token vocabulary makes ~8x the
+# previous-token classes of the toy, so one seed and fewer steps keep the probes quick.
+OVERRIDES = {"probes": {"seeds": [0], "steps": 60, "lr": 0.1}}
 
 
 def _cases():
@@ -39,6 +44,8 @@ def run_on_checkpoint(
     config["model"]["name"] = str(checkpoint)
     config["model"]["dtype"] = dtype
     config["data"]["n_samples"] = 40
+    if kind in OVERRIDES:
+        config[kind] |= OVERRIDES[kind]
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     main = runpy.run_path(str(ROOT / "scripts" / "run_experiment.py"))["main"]

@@ -316,10 +316,15 @@ def test_cli_analyses_a_saved_sae_on_the_toy(toy_model, tmp_path, monkeypatch, c
     check_report(report, results, sae, toy_model, cache[hook], tokens, bos_token_id(toy_model))
     assert sorted(Path(p).name for p in results["figures"]) == sorted(
         f"sae_analysis_sae_toy-sae_{suffix}"
-        for suffix in ("feature_density.png", "decoder_logits.md", "top_contexts.md")
+        for suffix in (
+            "feature_density.png",
+            "decoder_logits.md",
+            "top_contexts.md",
+            "dashboard.html",
+        )
     )
     assert all((tmp_path / p).exists() for p in results["figures"])
-    assert "Neuronpedia" not in (tmp_path / results["figures"][-1]).read_text()
+    assert "Neuronpedia" not in (tmp_path / results["figures"][2]).read_text()
     assert f"log: {log_path.relative_to(tmp_path)}" in out or f"log: {log_path}" in out
     assert "explained_variance" in out
 

@@ -5,7 +5,9 @@ what it writes.
 - top-activating contexts: each latent's ``k`` largest activations over the cached tokens,
   with a window of surrounding tokens (text when the model has a tokenizer, else ids);
 - decoder directions through the unembedding: ``W_dec[f] @ W_U``, the tokens a latent
-  promotes (and suppresses) directly, as in the logit lens.
+  promotes (and suppresses) directly, as in the logit lens;
+- activation histograms: each latent's active values in log-spaced bins (``HIST_EDGES``);
+- feature ablation and steering on a few sequences (``src.analysis.feature_effects``).
 
 ``feature_stats`` takes ``(tokens, activations)`` chunks (one pass, one chunk in memory at a
 time); ``store_chunks`` feeds it from an ``ActivationStore``, ``model_chunks`` from forwards of
@@ -33,6 +35,9 @@ from src.analysis.tokens import Decode, token_decoder
 from src.models.saes import neuronpedia_url, sae_neuronpedia_id
 
 Chunk = tuple[Tensor, Tensor]  # tokens [n_seq, ctx], activations [n_seq, ctx, d_in]
+# Bins of the activation histograms: log-spaced over 1e-3 .. 1e3 (values outside go to the
+# first or last bin), the same for every latent so one pass fills them all.
+HIST_EDGES = torch.logspace(-3, 3, 49, dtype=torch.float64)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class FeatureStats:
     top_indices: Tensor  # [k, d_sae] int64
     tokens: Tensor  # [n_seq, ctx] int64, all cached tokens
     n_ignored: int = 0
+    histograms: Tensor | None = None  # [d_sae, len(HIST_EDGES) - 1] counts of active values
 
     @property
     def density(self) -> Tensor:
@@ -73,10 +79,16 @@ class _Running:
     counts: Tensor = field(init=False)
     top_values: Tensor = field(init=False)
     top_indices: Tensor = field(init=False)
+    histograms: Tensor = field(init=False)
+    edges: Tensor = field(init=False)  # log10 of the inner bin edges, on the SAE's device
 
     def __post_init__(self) -> None:
         device, d_sae = self.sae.W_dec.device, int(self.sae.cfg.d_sae)
         self.counts = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.histograms = torch.zeros(
+            d_sae * (len(HIST_EDGES) - 1), dtype=torch.long, device=device
+        )
+        self.edges = torch.log10(HIST_EDGES[1:-1]).float().to(device)
         self.top_values = torch.full((self.k, d_sae), -math.inf, device=device)
         self.top_indices = torch.full((self.k, d_sae), -1, dtype=torch.long, device=device)
 
@@ -95,11 +107,19 @@ class _Running:
             if keep is not None:
                 latents *= keep[start : start + self.batch_size, None].to(device)
             self.counts += (latents > 0).sum(0)
+            self._histogram(latents)
             batch_values, batch_order = latents.topk(min(self.k, latents.shape[0]), dim=0)
             values = torch.cat([self.top_values, batch_values])
             indices = torch.cat([self.top_indices, batch_order + offset + start])
             self.top_values, order = values.topk(self.k, dim=0)
             self.top_indices = indices.gather(0, order)
+
+    def _histogram(self, latents: Tensor) -> None:
+        """Add the active values of ``latents`` [n, d_sae] to each latent's histogram."""
+        rows, cols = torch.nonzero(latents > 0, as_tuple=True)
+        bins = torch.bucketize(latents[rows, cols].log10(), self.edges)
+        n_bins = len(HIST_EDGES) - 1
+        self.histograms.scatter_add_(0, cols * n_bins + bins, torch.ones_like(bins))
 
 
 def _check_chunk(tokens: Tensor, acts: Tensor, ctx: int | None) -> None:
@@ -167,6 +187,7 @@ def feature_stats(
         running.top_indices.cpu(),
         torch.cat(all_tokens),
         n_ignored,
+        running.histograms.reshape(len(running.counts), -1).cpu(),
     )
 
 
@@ -340,6 +361,8 @@ def feature_report(
     ignore_tokens: Sequence[int] = (),
     neuronpedia_id: str | None = None,
     progress: bool = False,
+    effect_seqs: int = 16,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
     """What the SAE feature figures show, as JSON-able data: the density of every latent
     over the first ``max_tokens`` tokens of ``activations`` (an ``ActivationStore``, or
@@ -351,7 +374,12 @@ def feature_report(
     ``{"hook_name", "n_tokens", "n_ignored", "density", "features", "joiner" (between context tokens),
     "contexts" (`top_contexts`), "decoder" (`decoder_top_tokens`, feature keys as text),
     "neuronpedia_id", "links" (feature as text -> its Neuronpedia page; empty without an
-    id)}``. ``neuronpedia_id``: default the SAE's own (``SAE.from_pretrained`` sets it).
+    id), "histograms" ({"edges", "counts": feature as text -> counts of its active values
+    per bin}), "ablation" and "steering" (``src.analysis.feature_effects`` on the first
+    ``effect_seqs`` sequences, each latent steered with its largest activation; empty for 0
+    or for an SAE whose hook point the model lacks)}``. ``neuronpedia_id``: default the
+    SAE's own (``SAE.from_pretrained`` sets it). ``batch_size``: rows per intervention
+    forward.
     """
     if hasattr(activations, "shard_paths"):
         activations = store_chunks(activations, hook_name)
@@ -364,6 +392,10 @@ def feature_report(
     logits = decoder_logits(sae.W_dec, model.W_U, features, final_norm_linear(model))
     decoder = decoder_top_tokens(logits, features, k=k_tokens, decode=decode)
     neuronpedia_id = neuronpedia_id or sae_neuronpedia_id(sae)
+    effects = _effects(
+        sae, model, stats, hook_name, features, effect_seqs, ignore_tokens, batch_size
+    )
+    histograms = stats.histograms
     return {
         "hook_name": hook_name,
         "n_tokens": stats.n_tokens,
@@ -377,4 +409,43 @@ def feature_report(
         "links": {str(f): neuronpedia_url(neuronpedia_id, f) for f in features}
         if neuronpedia_id
         else {},
+        "histograms": {
+            "edges": HIST_EDGES.tolist(),
+            "counts": {str(f): histograms[f].tolist() for f in features}
+            if histograms is not None
+            else {},
+        },
+        **effects,
+    }
+
+
+def _effects(
+    sae: Any,
+    model: Any,
+    stats: FeatureStats,
+    hook_name: str,
+    features: list[int],
+    n_seq: int,
+    ignore_tokens: Sequence[int],
+    batch_size: int,
+) -> dict[str, Any]:
+    """Feature ablation and steering of ``features`` on the first ``n_seq`` sequences, as
+    report entries (feature keys as text)."""
+    from src.analysis.feature_effects import feature_ablation, feature_steering
+
+    if n_seq <= 0 or not features or hook_name not in hook_points(model):
+        return {"ablation": {}, "steering": {}}
+    tokens = stats.tokens[:n_seq]
+    keep = ~torch.isin(tokens, torch.tensor(list(ignore_tokens), dtype=torch.long))
+    ablation = feature_ablation(
+        model, sae, tokens, hook_name, features, keep=keep, batch_size=batch_size
+    )
+    coefficients = [max(float(stats.top_values[0, f]), 0.0) for f in features]
+    steering = feature_steering(
+        model, sae, tokens, hook_name, features, coefficients, decode=token_decoder(model),
+        batch_size=batch_size,
+    )  # fmt: skip
+    return {
+        "ablation": {str(f): v for f, v in ablation.items()},
+        "steering": {str(f): v for f, v in steering.items()},
     }

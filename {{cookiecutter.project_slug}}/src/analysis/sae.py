@@ -86,6 +86,22 @@ def build_sae(
     return sae_cls(cfg)
 
 
+class _Trainer(SAETrainer):
+    """SAELens's trainer, with a progress bar that moves at every step: its own moves every
+    100 steps, so a short run's bar stayed at 0 until training ended."""
+
+    @torch.no_grad()
+    def _update_pbar(self, step_output: Any, pbar: Any, update_interval: int = 100) -> None:
+        pbar.update(self.cfg.train_batch_size_samples)
+        steps = -(-self.cfg.total_training_samples // self.cfg.train_batch_size_samples)
+        every = max(1, min(update_interval, steps // 20))  # the losses: ~20 times a run
+        if self.n_training_steps % every == 0 or self.n_training_steps == steps:
+            losses = " | ".join(
+                f"{name}: {float(value):.5f}" for name, value in step_output.losses.items()
+            )
+            pbar.set_description(f"{self.n_training_steps}| {losses}")
+
+
 def train_sae(
     sae: TrainingSAE,
     batches: Iterator[Tensor],
@@ -100,7 +116,7 @@ def train_sae(
     """Train ``sae`` in place with SAELens's ``SAETrainer`` on ``batches`` ([batch_size, d_in]
     each; at least ``n_tokens`` tokens' worth). The keywords are a ``training`` config
     section's fields (``**config.training.model_dump()``). Returns the number of steps and
-    tokens, the training time and tokens/s. SAELens shows its own progress bar.
+    tokens, the training time and tokens/s. A progress bar (SAELens's) advances every step.
     """
     steps = -(-n_tokens // batch_size)  # the trainer's full batches
     warm_up = min(lr_warm_up_steps, steps)
@@ -119,7 +135,7 @@ def train_sae(
         n_batches_for_norm_estimate=max(1, min(100, steps)),
         logger=LoggingConfig(log_to_wandb=False),
     )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
+    trainer = _Trainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
     # A small SAE's matrices are too small to gain from several CPU threads, and threads
     # that wait for a busy core make each step several times slower: use one.
     small = sae.cfg.d_in * sae.cfg.d_sae <= SMALL_SAE_WEIGHTS

@@ -19,6 +19,10 @@ token it attends to. Each corruption changes one token:
   in layer 0 and the induction heads' keys (K-composition).
 
 Tokens within a prompt (A, W and filler) are distinct and never the BOS token.
+
+``shared_answer=True``: every prompt has the same answer A[h-1] and the same W (the two
+smallest non-BOS ids), the rest random: contrast sets whose difference of means carries the
+answer, for steering (``src.analysis.steering``).
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ def make_induction_dataset(
     bos_token_id: int,
     seed: int = 0,
     corruption: str = "answer",
+    shared_answer: bool = False,
 ) -> ContrastDataset:
     """``n_samples`` induction pairs of ``seq_length`` tokens over ids ``[0, d_vocab)``,
     corrupted as ``corruption`` says (see the module docstring).
 
     Deterministic for a seed (uses its own ``torch.Generator``, not the global RNG).
+    ``shared_answer``: one answer and one wrong token for all prompts (module docstring).
     """
     if corruption not in CORRUPTIONS:
         raise ValueError(f"corruption must be one of {', '.join(CORRUPTIONS)}; got {corruption!r}")
@@ -57,18 +63,27 @@ def make_induction_dataset(
         raise ValueError(f"d_vocab {d_vocab} is too small for seq_length {seq_length}")
 
     generator = torch.Generator().manual_seed(seed)
-    # Distinct non-BOS tokens per prompt: the top-k of uniform noise over [0, d_vocab - 1)
-    # is a uniform sample without replacement (in row blocks, to bound memory); skip BOS.
+    # Distinct non-BOS tokens per prompt: the top-k of uniform noise over the allowed ids
+    # is a uniform sample without replacement (in row blocks, to bound memory); skip BOS
+    # (and the shared answer and wrong tokens).
+    shared = [t for t in range(d_vocab) if t != bos_token_id][:2] if shared_answer else []
+    reserved = sorted([bos_token_id, *shared])
+    n_free = d_vocab - len(reserved)
+    n_pick = n_distinct - len(shared)
     rows = max(1, 2**22 // d_vocab)
     picks = torch.cat(
         [
-            torch.rand(min(rows, n_samples - i), d_vocab - 1, generator=generator)
-            .topk(n_distinct, dim=1)
+            torch.rand(min(rows, n_samples - i), n_free, generator=generator)
+            .topk(n_pick, dim=1)
             .indices
             for i in range(0, n_samples, rows)
         ]
     )
-    picks = picks + (picks >= bos_token_id).long()
+    for token in reserved:
+        picks = picks + (picks >= token).long()
+    if shared_answer:
+        answer, wrong_token = (torch.full((n_samples, 1), t, dtype=torch.long) for t in shared)
+        picks = torch.cat([picks[:, : half - 1], answer, wrong_token, picks[:, half - 1 :]], 1)
     chunk, wrong, filler = picks[:, :half], picks[:, half], picks[:, half + 1 :]
 
     bos = torch.full((n_samples, 1), bos_token_id, dtype=torch.long)

@@ -17,7 +17,11 @@ Corruption (``corruption=``):
   IOI answer is now S: the logit difference flips sign and the pair differs in one token.
 
 Every name, place and object must be a single token (with its leading space) for the
-tokenizer: then a template's filled prompts all have one token length. Templates of
+tokenizer: then a template's filled prompts all have one token length. So IOI needs a
+GPT-2-style byte-level BPE, whose tokens carry their leading space (" Mary" is one token):
+GPT-2's, Pythia's, and the tiny test checkpoints' (``src.models.checkpoints``). Tokenizers
+that split common names (or encode the space apart, as SentencePiece models such as Gemma's
+and Llama's may) leave too few names, or prompts of different lengths: a ValueError says so. Templates of
 different lengths are not mixed in one dataset: ``seq_length`` picks the group of that
 length (see ``ioi_template_lengths``).
 """
@@ -34,6 +38,10 @@ import torch
 from src.data.dataset import ContrastDataset
 
 Corruption = Literal["abc", "flip"]
+TOKENIZER_NEEDS = (
+    "IOI needs a GPT-2-style BPE tokenizer in which each name, place and object with its "
+    "leading space is one token (GPT-2's, Pythia's; see src/data/ioi.py)"
+)
 
 # BABA forms (subject first); the ABBA forms swap {S1} and {IO}. Prompts end before the IO.
 _BABA_TEMPLATES = (
@@ -139,7 +147,9 @@ def single_token_words(tokenizer: Any, words: Iterable[str], *, strict: bool) ->
         if len(ids) == 1 and ids[0] != unk:
             kept.append(word)
         elif strict:
-            raise ValueError(f"{word!r} is not a single token for this tokenizer: {ids}")
+            raise ValueError(
+                f"{word!r} is not a single token for this tokenizer: {ids}; {TOKENIZER_NEEDS}"
+            )
     return kept
 
 
@@ -196,7 +206,7 @@ def make_ioi_dataset(
     if len(names) < 2 or not places or not objects:
         raise ValueError(
             f"too few single-token words for this tokenizer: {len(names)} names (need >= 2), "
-            f"{len(places)} places, {len(objects)} objects (need >= 1)"
+            f"{len(places)} places, {len(objects)} objects (need >= 1): {TOKENIZER_NEEDS}"
         )
     groups = ioi_template_lengths(
         tokenizer,
@@ -220,7 +230,9 @@ def make_ioi_dataset(
     answer = _encode(tokenizer, [" " + p.io for p in prompts], None)[:, 0]
     wrong = _encode(tokenizer, [" " + p.s for p in prompts], None)[:, 0]
     if not ((clean == answer[:, None]).any(1) & (clean == wrong[:, None]).any(1)).all():
-        raise ValueError("the tokenizer encodes names differently inside the prompts")
+        raise ValueError(
+            f"the tokenizer encodes names differently inside the prompts: {TOKENIZER_NEEDS}"
+        )
     return ContrastDataset(f"ioi:{corruption}", clean, corrupted, answer, wrong)
 
 
@@ -231,7 +243,9 @@ def _encode(tokenizer: Any, texts: list[str], bos: int | None) -> torch.Tensor:
     ]
     lengths = {len(row) for row in rows}
     if len(lengths) != 1:
-        raise ValueError(f"IOI prompts tokenize to different lengths {sorted(lengths)}")
+        raise ValueError(
+            f"IOI prompts tokenize to different lengths {sorted(lengths)}: {TOKENIZER_NEEDS}"
+        )
     return torch.tensor(rows, dtype=torch.long)
 
 

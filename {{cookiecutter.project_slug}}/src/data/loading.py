@@ -4,6 +4,7 @@ dataset of a config's ``data`` section; the token ids an activation cache stores
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,13 @@ HELDOUT_SEED_OFFSET = 1_000_000  # held-out prompts use seed + this (and skip tr
 
 
 def _induction(
-    n_samples: int, seq_length: int | None, seed: int, model: Any, path: Any, corruption: Any
+    n_samples: int,
+    seq_length: int | None,
+    seed: int,
+    model: Any,
+    path: Any,
+    corruption: Any,
+    shared_answer: bool = False,
 ) -> Dataset:
     if seq_length is None:
         raise ValueError("dataset 'induction' needs a seq_length (data.seq_length)")
@@ -31,8 +38,9 @@ def _induction(
     if bos is None:
         raise ValueError("dataset 'induction' needs a BOS token; the model's tokenizer has none")
     return make_induction_dataset(
-        n_samples, seq_length, model.cfg.d_vocab, bos, seed, corruption=corruption or "answer"
-    )
+        n_samples, seq_length, model.cfg.d_vocab, bos, seed, corruption=corruption or "answer",
+        shared_answer=shared_answer,
+    )  # fmt: skip
 
 
 def _text(
@@ -69,7 +77,10 @@ def _ioi(
     """IOI prompts of exactly ``seq_length`` tokens (it picks the template group; None: the
     largest group)."""
     if getattr(model, "tokenizer", None) is None:
-        raise ValueError("dataset 'ioi' needs a model with a tokenizer (toy models have none)")
+        raise ValueError(
+            "dataset 'ioi' needs a model with a tokenizer (toy models have none): a GPT-2-style "
+            "BPE in which each name, place and object is one token"
+        )
     dataset = make_ioi_dataset(
         model.tokenizer, n_samples, seed, seq_length=seq_length, corruption=corruption or "abc"
     )
@@ -83,6 +94,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "induction": _induction,
     "text": _text,
     "ioi": _ioi,
+    # every prompt the same answer (and wrong) token: contrast sets for steering
+    "induction_shared": partial(_induction, shared_answer=True),
 }
 
 

@@ -8,8 +8,9 @@ stream is an outlier that many latents of a pretrained SAE fire on), and
 1. judges the SAE on these activations (``src.analysis.sae.evaluate_sae``: L0, explained
    variance, dead fraction, MSE): a low explained variance says the SAE does not fit this
    model or this hook (another model, or other weight processing than it was trained on);
-2. saves what the feature figures show (``feature_report``: density, top contexts, decoder
-   directions and each latent's Neuronpedia page when the SAE has a Neuronpedia id) as
+2. saves what the feature figures and the HTML dashboard show (``feature_report``:
+   density, activation histograms, top contexts, decoder directions, feature ablation and
+   steering, and each latent's Neuronpedia page when the SAE has a Neuronpedia id) as
    ``features.json`` in ``out_dir``.
 
 ``scripts/analyze_sae.py`` loads the SAE (``src.models.saes.load_sae``) and the model, runs
@@ -105,6 +106,6 @@ KIND = ExperimentKind(
     name="sae_analysis",
     label="SAE feature analysis",
     run=run_sae_analysis,
-    figures=("sae_features",),
+    figures=("sae_features", "sae_dashboard"),
     headline="explained_variance",
 )

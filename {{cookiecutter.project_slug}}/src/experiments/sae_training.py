@@ -211,6 +211,6 @@ KIND = ExperimentKind(
     name="sae_training",
     label="SAE training",
     run=run_sae_training,
-    figures=("sae_features",),
+    figures=("sae_features", "sae_dashboard"),
     headline="explained_variance",
 )

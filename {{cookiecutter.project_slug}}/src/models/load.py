@@ -8,8 +8,13 @@ Hugging Face model (in HookedTransformer-compatible mode) or an offline toy mode
 from __future__ import annotations
 
 import json
+import os
+import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -110,6 +115,53 @@ def _hub_error(error: BaseException | None, *names: str) -> BaseException | None
     return None
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # a TCP connection to the Hub's host within this: online
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub's host (``HF_ENDPOINT``) takes a TCP connection within
+    ``timeout`` seconds (its name resolved first): a quick check, before huggingface_hub
+    spends half a minute retrying each request with backoff."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def offline_unless_reachable() -> Iterator[None]:
+    """Hub downloads inside the block: as usual when the Hub answers (or HF_HUB_OFFLINE is
+    already set); else offline mode for the block, so a model or SAE in the local cache
+    loads at once and one that is not fails at once, with no retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE = True  # what huggingface_hub (and transformers) read
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+OFFLINE_HINT = (
+    "When working offline, set HF_HUB_OFFLINE=1 (then nothing tries the network; unset, "
+    "each load first checks whether the Hub answers)."
+)
+
+
 def _hub_message(hf_id: str, error: BaseException) -> str | None:
     """One line for a Hugging Face Hub failure of `hf_id`, or None if `error` is not one."""
     if _hub_error(error, "LocalEntryNotFoundError", "OfflineModeIsEnabled"):
@@ -118,7 +170,7 @@ def _hub_message(hf_id: str, error: BaseException) -> str | None:
             f"cannot be reached (offline, or HF_HUB_OFFLINE=1). Fetch them once with network "
             f"access: run this again online, or `hf download {hf_id}` (older huggingface_hub: "
             f"`huggingface-cli download {hf_id}`). "
-            f"Offline, use the toy model: load_model('toy-induction')."
+            f"Offline, use the toy model: load_model('toy-induction'). {OFFLINE_HINT}"
         )
     if _hub_error(error, "GatedRepoError"):
         return (
@@ -169,8 +221,10 @@ def load_pretrained(
             f"model.n_devices={n_devices} needs {n_devices} CUDA GPUs; "
             f"this machine has {torch.cuda.device_count()}"
         )
+    local = Path(hf_id).is_dir()
     try:
-        model = TransformerBridge.boot_transformers(hf_id, dtype=dtype, **split)
+        with nullcontext() if local else offline_unless_reachable():
+            model = TransformerBridge.boot_transformers(hf_id, dtype=dtype, **split)
     except OSError as error:
         message = _hub_message(hf_id, error)
         if message is None:

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from src.models.families import Family, load_families
-from src.models.load import ModelNotAvailableError, _hub_error, parse_dtype, resolve_device
+from src.models.load import (
+    OFFLINE_HINT,
+    ModelNotAvailableError,
+    _hub_error,
+    offline_unless_reachable,
+    parse_dtype,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -191,7 +198,8 @@ def load_sae(
         return SAE.load_from_disk(where.path, device=device, dtype=dtype).eval()
     assert where.release is not None and where.sae_id is not None
     try:
-        sae = SAE.from_pretrained(where.release, where.sae_id, device=device, dtype=dtype)
+        with offline_unless_reachable():
+            sae = SAE.from_pretrained(where.release, where.sae_id, device=device, dtype=dtype)
     except OSError as error:
         if not _hub_error(error, "LocalEntryNotFoundError", "OfflineModeIsEnabled"):
             raise
@@ -201,6 +209,7 @@ def load_sae(
             f"the SAE {where.name} (Hugging Face repo {lookup.repo_id!r}, folder {folder!r}) "
             f"is not in the local Hugging Face cache and the Hub cannot be reached (offline, "
             f"or HF_HUB_OFFLINE=1). Fetch it once with network access: run this again online "
-            f"without HF_HUB_OFFLINE=1, or `hf download {lookup.repo_id} --include '{folder}/*'`."
+            f"without HF_HUB_OFFLINE=1, or `hf download {lookup.repo_id} --include '{folder}/*'`. "
+            f"{OFFLINE_HINT}"
         ) from error
     return sae.eval()

@@ -188,6 +188,40 @@ def logit_lens(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) 
     return [str(save_logit_lens_figure(results, path, title=title))]
 
 
+def probes(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """Probe accuracy per layer against the control task, ``{name}_probes.png``."""
+    from src.visualization.probes import save_probe_figure
+
+    title = f"{name}: linear probes for {results['task']}"
+    return [str(save_probe_figure(results, Path(figures_dir) / f"{name}_probes.png", title=title))]
+
+
+def steering(name: str, results: dict[str, Any], figures_dir: Path, **_: Any) -> list[str]:
+    """The metric per steering coefficient ``{name}_steering.png`` and the steered
+    continuations ``{name}_steering_text.md``."""
+    from src.visualization.steering import save_steering_figures
+
+    title = f"{name}: steering at {results['hook_name']} ({results['source']})"
+    stem = Path(figures_dir) / f"{name}_steering"
+    return [str(p) for p in save_steering_figures(results, stem, title=title)]
+
+
+def sae_dashboard(
+    name: str, results: dict[str, Any], figures_dir: Path, *, log_path: Path | None = None,
+    **_: Any,
+) -> list[str]:  # fmt: skip
+    """The SAE's feature dashboard ``{name}_dashboard.html`` (self-contained: no scripts or
+    CDN) from the feature report the run saved."""
+    from src.visualization.dashboards import save_dashboard
+
+    missing = Unavailable("rerun the SAE run to store its feature report (features.json)")
+    report = _logged_json(results, "features_file", log_path, missing, "feature report ")
+    path = Path(figures_dir) / f"{name}_dashboard.html"
+    return [
+        str(save_dashboard(report, path, title=f"{name}: SAE features ({report['hook_name']})"))
+    ]
+
+
 FIGURES: dict[str, Maker] = {
     "effects": effects,
     "dla": dla,
@@ -196,6 +230,9 @@ FIGURES: dict[str, Maker] = {
     "sae_features": sae_features,
     "paths": paths,
     "logit_lens": logit_lens,
+    "probes": probes,
+    "steering": steering,
+    "sae_dashboard": sae_dashboard,
 }
 
 

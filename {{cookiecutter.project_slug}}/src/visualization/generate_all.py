@@ -42,6 +42,7 @@ WHAT = {
     "circuit": "circuit figure",
     "attention": "attention figure",
     "sae_features": "SAE figures",
+    "sae_dashboard": "SAE dashboard",
 }
 
 
