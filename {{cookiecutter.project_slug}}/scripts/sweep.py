@@ -98,15 +98,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def project_launcher() -> Any:
-    """The ``launcher:`` section of configs/project.yaml (set from the compute answer)."""
+def base_launcher(sweep: Any) -> Any:
+    """The launcher before the flags: configs/project.yaml's ``launcher:`` section (preset
+    from the compute answer), with the config's own ``launcher:`` keys over it."""
     from src.scale.launchers import LauncherConfig
     from src.utils.validation import read_yaml, validate
 
-    if not PROJECT_FILE.is_file():
-        return None
-    section = read_yaml(PROJECT_FILE).get("launcher")
-    return None if section is None else validate(LauncherConfig, section, PROJECT_FILE)
+    project = (read_yaml(PROJECT_FILE).get("launcher") or {}) if PROJECT_FILE.is_file() else {}
+    return validate(LauncherConfig, {**project, **sweep.launcher}, f"{sweep.path}: launcher")
 
 
 def cache_key(task: PointTask) -> str:
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sweep = load_sweep(args.config)
-        launcher = launcher_from_args(args, sweep.launcher or project_launcher())
+        launcher = launcher_from_args(args, base_launcher(sweep))
         check_launcher(launcher)
     except (ConfigError, LauncherError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -49,7 +49,11 @@ def test_points_are_the_product_each_with_its_own_folder(tmp_path):
     assert point.config["data"]["seed"] == 1 and point.config["patching"]["layers"] == [1]
     assert point.config["output"]["results_dir"] == str(tmp_path / "results" / "sweep" / point.id)
     assert len({p.dir for p in sweep.points}) == 6
-    assert sweep.launcher == LauncherConfig(name="local", array_parallelism=2, timeout_min=30)
+    assert sweep.launcher == {"array_parallelism": 2, "timeout_min": 30}
+    launcher = sweep_script.base_launcher(sweep)  # over configs/project.yaml's
+    assert (launcher.array_parallelism, launcher.timeout_min) == (2, 30)
+    project = yaml.safe_load((ROOT / "configs" / "project.yaml").read_text())["launcher"]
+    assert launcher.name == project["name"]
 
 
 def test_a_single_run_of_a_sweep_config_runs_its_own_values(tmp_path):
