@@ -221,3 +221,20 @@ def test_sae_array_trains_one_loadable_sae_per_point(tmp_path, capsys):
     for point in sweep.points:
         sae = SAE.load_from_disk(point.dir / "sae", device="cpu")
         assert sae.cfg.d_sae == 256
+
+
+def test_logs_of_points_run_elsewhere_are_copied_here(tmp_path, monkeypatch):
+    """Modal's tasks write into its Volume: the driver writes each point's returned log."""
+    from src.scale.launchers import TaskOutcome
+
+    path = write_config(tmp_path, "toy_induction_sweep", sweep={"seed": [0]})
+    sweep = load_sweep(path)
+    log = sweep.points[0].dir / "run.json"
+    text = json.dumps({"results": {"score": 1.0}})
+
+    def remote(fn, tasks, launcher, name, progress=True):
+        return [TaskOutcome(t, True, {"log": str(log), "log_text": text}) for t in tasks]
+
+    monkeypatch.setattr("src.scale.launchers.map_tasks", remote)
+    assert sweep_script.run_sweep(sweep, LauncherConfig(name="debug"), 8, "test") == {}
+    assert log.read_text() == text and summary_rows(sweep)[0]["score"] == 1.0
