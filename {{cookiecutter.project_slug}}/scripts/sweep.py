@@ -194,15 +194,16 @@ def headline(sweep: Any) -> tuple[str, ...]:
 
 
 def print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    """The summary's main columns, aligned."""
+    """The summary's main columns, aligned (a failure's error is listed after the table)."""
     shown = ["point", "status", *[c for c in columns if any(c in row for row in rows)]]
-    cells = [
-        [
-            str(row.get(c, "")) if not isinstance(row.get(c), float) else f"{row[c]:.4g}"
-            for c in shown
-        ]
-        for row in rows
-    ]
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row.get(column, "")
+        if column == "status":
+            return str(value).split(":")[0]
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row, c) for c in shown] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(shown)]
     for r in [shown, *cells]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

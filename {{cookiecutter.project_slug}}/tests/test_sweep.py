@@ -238,3 +238,27 @@ def test_logs_of_points_run_elsewhere_are_copied_here(tmp_path, monkeypatch):
     monkeypatch.setattr("src.scale.launchers.map_tasks", remote)
     assert sweep_script.run_sweep(sweep, LauncherConfig(name="debug"), 8, "test") == {}
     assert log.read_text() == text and summary_rows(sweep)[0]["score"] == 1.0
+
+
+def test_sae_points_sharing_a_cache_wait_for_the_one_that_makes_it(tmp_path, monkeypatch):
+    """Layer 0's first point fails: its group's other point does not race for the cache."""
+    ran: list[list[str]] = []
+
+    def fake_map(fn, tasks, launcher, name, progress=True):
+        from src.scale.launchers import TaskOutcome
+
+        ran.append([t.point_id for t in tasks])
+        # an existing file as the log: nothing to copy back
+        return [
+            TaskOutcome(t, t.point_id != "layer-0_k-2", {"log": t.config_path}, "boom")
+            for t in tasks
+        ]
+
+    monkeypatch.setattr("src.scale.launchers.map_tasks", fake_map)
+    path = write_config(
+        tmp_path, "toy_sae_training_sweep", sweep={"hook.layer": [0, 1], "sae.k": [2, 4]}
+    )
+    failed = sweep_script.run_sweep(load_sweep(path), LauncherConfig(name="debug"), 8, "test")
+    assert ran == [["layer-0_k-2", "layer-1_k-2"], ["layer-1_k-4"]]  # cache makers first
+    assert failed["layer-0_k-4"] == "not run: layer-0_k-2, which makes its cache, failed"
+    assert failed["layer-0_k-2"].startswith("boom")
