@@ -60,9 +60,6 @@ class Sweep:
     launcher: dict[str, Any]  # the config's launcher: keys (over configs/project.yaml's)
     root: Path  # {output.results_dir}/sweep
 
-    def schema(self) -> type[BaseModel]:
-        return config_schema(self.kind)
-
 
 def config_schema(kind: str) -> type[BaseModel]:
     """The schema a point's config is validated against."""
@@ -121,7 +118,9 @@ def resolve_key(schema: type[BaseModel], raw: dict[str, Any], key: str, path: Pa
     section of ``raw`` that has it. ConfigError naming the key when no field has it."""
     parts = str(key).split(".")
     if len(parts) == 1:
-        owners = [s for s in raw if s in schema.model_fields and parts[0] in _fields(schema, [s])]
+        owners = [
+            s for s in raw if s in schema.model_fields and parts[0] in (_fields(schema, [s]) or {})
+        ]
         if len(owners) == 1:
             parts = [owners[0], parts[0]]
     if (
