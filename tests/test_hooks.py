@@ -23,6 +23,12 @@ from cookiecutter.prompt import prompt_for_config
         ("gpu_memory_gb=-4", "gpu_memory_gb"),
         ("gpu_memory_gb=lots", "gpu_memory_gb"),
         ("research_questions= ; ", "research_questions"),
+        ("project_name=\U0001f680 \U0001f52d", "project_slug"),  # slugifies to nothing
+        ("project_slug=torch", "project_slug"),
+        ("project_slug=src", "project_slug"),
+        ("project_slug=transformer-lens", "project_slug"),
+        ("project_slug=sae_lens", "project_slug"),
+        ("project_slug=json", "project_slug"),  # the standard library's
     ],
 )
 def test_invalid_answer_fails_with_one_line_and_no_folder(template, tmp_path, answer, key):
@@ -32,6 +38,35 @@ def test_invalid_answer_fails_with_one_line_and_no_folder(template, tmp_path, an
     assert len(errors) == 1 and errors[0].startswith(f"ERROR: {key}: "), result.stderr
     assert list(tmp_path.iterdir()) == []
     assert not (tmp_path.parent / "escape").exists()
+
+
+# Names people type, and the slug cookiecutter's `slugify` filter gives each.
+REAL_NAMES = {
+    "IOI: Name Movers": "ioi-name-movers",
+    "GPT-2 Induction (replication)": "gpt-2-induction-replication",
+    "Études d'induction": "etudes-d-induction",
+    "Heads & Tails": "heads-tails",
+    "Attention sinks \U0001f50d": "attention-sinks",
+}
+
+
+def test_real_names_give_a_valid_default_slug(template, tmp_path):
+    for name, slug in REAL_NAMES.items():
+        out = tmp_path / slug
+        result = cli(template, out, f"project_name={name}")
+        assert result.returncode == 0, result.stderr
+        assert [p.name for p in out.iterdir()] == [slug]
+        pyproject = (out / slug / "pyproject.toml").read_text(encoding="utf-8")
+        assert f'name = "{slug}"' in pyproject
+        assert (out / slug / "CLAUDE.md").read_text(encoding="utf-8").startswith(
+            f"# Project: {name}\n"
+        )
+
+
+def test_shadowing_slug_names_the_module(template, tmp_path):
+    result = cli(template, tmp_path, "project_slug=torch")
+    assert "'torch' would shadow the module `torch`" in result.stderr
+    assert "e.g. 'torch-study'" in result.stderr
 
 
 def tools_dir(tmp_path, *names: str) -> str:

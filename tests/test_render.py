@@ -9,6 +9,7 @@ import tomllib
 import pytest
 import yaml
 from conftest import DEFAULTS, Baked
+from slugify import slugify
 
 TRICKY = {
     "project_name": 'Ünïcode "Quotes": back\\slash — test',
@@ -89,7 +90,7 @@ def test_answers_round_trip(case):
     pyproject = tomllib.loads(project.read("pyproject.toml"))["project"]
     slug = given["project_slug"]
     if "{{" in slug:  # the default: derived from the project name as cookiecutter.json says
-        slug = re.sub(r"[ _.]", "-", given["project_name"].lower())
+        slug = slugify(given["project_name"])
     assert pyproject["name"] == slug
     assert pyproject["description"] == given["research_goal"]
     assert pyproject["authors"] == [{"name": given["author_name"], "email": given["author_email"]}]

@@ -58,6 +58,13 @@ class SetupError(Exception):
     """Bad input or a repository that is not a fresh copy of the template: one line to show."""
 
 
+def literal(text: str) -> str:
+    """`text` as a Jinja template that renders to exactly `text`: cookiecutter renders every
+    answer as Jinja, so each `{` (the start of `{{`, `{%` and `{#`) becomes an expression that
+    prints it. Unlike `{% raw %}`, this holds for any text, `{% endraw %}` included."""
+    return text.replace("{", "{{ '{' }}")
+
+
 def answers_for(name: str, description: str | None) -> dict[str, str]:
     """cookiecutter answers from a repository name and description.
 
@@ -82,11 +89,7 @@ def answers_for(name: str, description: str | None) -> dict[str, str]:
         "project_slug": slug,
     }
     if description and description.strip():
-        goal = " ".join(description.split())
-        # cookiecutter renders answers as Jinja: keep braces in a description literal.
-        if re.search(r"\{[{%#]", goal):
-            goal = "{% raw %}" + goal + "{% endraw %}"
-        answers["research_goal"] = goal
+        answers["research_goal"] = literal(" ".join(description.split()))
     return answers
 
 
