@@ -4,6 +4,7 @@ A bad answer exits with one line naming the prompt and what is wanted;
 cookiecutter then removes the half-made output folder.
 """
 
+import datetime
 import json
 import re
 import sys
@@ -73,6 +74,14 @@ def problems(answers: dict[str, str]) -> list[str]:
         ok = False
     if not ok:
         found.append(f"gpu_memory_gb: {gpu!r} is not a positive number of GB; want e.g. 24 or 12.5")
+    created = str(answers.get("date_created", ""))
+    try:
+        datetime.date.fromisoformat(created)
+        ok = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", created))
+    except ValueError:
+        ok = False
+    if not ok:
+        found.append(f"date_created: {created!r} is not a date; want YYYY-MM-DD, e.g. 2025-06-01")
     return found
 
 

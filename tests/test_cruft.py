@@ -29,10 +29,6 @@ def template_repo(template: Path, path: Path) -> tuple[Baked, str]:
     return repo, commit_all(repo, "Template v1")
 
 
-def test_plain_cookiecutter_writes_no_cruft_file(default_project):
-    assert ".cruft.json" not in default_project.files()
-
-
 def test_cruft_create_commits_cruft_json_for_any_answers(template, tmp_path):
     """The hook's .cruft.json is byte for byte cruft's, also for quotes, backslashes, unicode."""
     repo, _ = template_repo(template, tmp_path / "template-repo")
@@ -111,3 +107,48 @@ def test_cruft_create_check_diff_update(template, tmp_path):
     ]
     assert "SUCCESS" in project.run(CRUFT, "check").stdout
     assert project.git("status", "--porcelain") == ""
+
+
+# Python started with this folder on PYTHONPATH sees the clock of a later day (a year on)
+# wherever cookiecutter's `{% now %}` reads it (arrow.now).
+LATER_CLOCK = """
+import arrow
+
+_now = arrow.now
+
+
+def _later(*args, **kwargs):
+    return _now(*args, **kwargs).shift(years=1)
+
+
+arrow.now = _later
+"""
+
+
+def test_rerender_on_a_later_day_changes_nothing(template, tmp_path):
+    """The year and date are answers stored in .cruft.json: `cruft diff` a year later is empty."""
+    repo, _ = template_repo(template, tmp_path / "template-repo")
+    out = tmp_path / "projects"
+    out.mkdir()
+    Baked(out).run(CRUFT, "create", str(repo.path), "--no-input")
+    project = Baked(out / DEFAULT_SLUG)
+    stored = json.loads(project.read(".cruft.json"))["context"]["cookiecutter"]
+    year = int(stored["date_created"][:4])
+    assert f"{year} " in project.read("LICENSE") and stored["date_created"] in project.read("AGENTS.md")
+
+    later = tmp_path / "later-clock"
+    later.mkdir()
+    (later / "sitecustomize.py").write_text(LATER_CLOCK)
+    env = {"PYTHONPATH": str(later)}
+    clock = project.run("python", "-c", "import arrow; print(arrow.now('utc').year)", env=env)
+    assert int(clock.stdout) == year + 1  # the fake clock is in effect
+    diffed = project.run(CRUFT, "diff", "--exit-code", env=env, check=False)
+    assert diffed.returncode == 0 and diffed.stdout.strip() == "", diffed.stdout[-3000:]
+    # ... while a new project made that day takes that day's year
+    fresh = Baked(tmp_path).run(
+        CRUFT, "create", str(repo.path), "--no-input", "--output-dir", str(tmp_path / "new"),
+        env=env,
+    )  # fmt: skip
+    assert fresh.returncode == 0
+    license_text = (tmp_path / "new" / DEFAULT_SLUG / "LICENSE").read_text()
+    assert f"{year + 1} " in license_text

@@ -29,6 +29,7 @@ from cookiecutter.prompt import prompt_for_config
         ("project_slug=transformer-lens", "project_slug"),
         ("project_slug=sae_lens", "project_slug"),
         ("project_slug=json", "project_slug"),  # the standard library's
+        ("date_created=next week", "date_created"),
     ],
 )
 def test_invalid_answer_fails_with_one_line_and_no_folder(template, tmp_path, answer, key):
