@@ -187,3 +187,27 @@ def test_unparsable_work_in_progress_breaks_no_run_and_no_commit(bake):
         "CLAUDE.md lists it without one until it parses"
     ]
     assert list((project.path / "data" / "results").rglob("*.json"))
+
+
+@pytest.mark.slow
+def test_commit_hooks_catch_conflicts_keys_and_typos(bake):
+    """The day-one hooks pass on a fresh project and each catches what it is for."""
+    project = bake()
+    hooks = ("check-merge-conflict", "detect-private-key", "codespell")
+    for hook in hooks:
+        project.run("pre-commit", "run", hook, "--all-files")
+    bad = {
+        "notes/merge.md": "# Notes\n<<<<<<< HEAD\nmine\n=======\ntheirs\n>>>>>>> other\n",
+        "notes/key.txt": "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n",
+        "notes/typo.md": "The attention heads recieve their input from the residual stream.\n",
+    }
+    for name, text in bad.items():
+        (project.path / name).parent.mkdir(exist_ok=True)
+        (project.path / name).write_text(text)
+    project.git("add", "notes")
+    # check-merge-conflict looks during a merge (as git records one), when markers get committed
+    (project.path / ".git" / "MERGE_MSG").write_text("Merge branch 'other'\n")
+    (project.path / ".git" / "MERGE_HEAD").write_text(project.git("rev-parse", "HEAD") + "\n")
+    for hook, name in zip(hooks, bad, strict=True):
+        result = project.run("pre-commit", "run", hook, "--files", name, check=False)
+        assert result.returncode == 1 and name in result.stdout, (hook, result.stdout)

@@ -136,6 +136,15 @@ def test_claude_md_filled(case):
     configs = {p.name for p in (project.path / "configs").glob("*.yaml")} - {"project.yaml"}
     assert configs and all(f"`configs/{name}`" in rows for name in configs)
     assert "`configs/project.yaml`" not in rows
+    # nothing false for the chosen options
+    if given["multi_agent"] == "no":
+        assert "AGENTS.md" not in claude
+    if given["model_name"] == "toy-induction":
+        assert "HF Hub" not in project.read("configs/experiment.yaml")
+    # key-file descriptions end where their sentence ends ("Wang et al. 2022" is not an end)
+    notes = re.findall(r"^- `[^`]+` - (.*)$", claude, re.M)
+    assert notes and [n for n in notes if n.count("(") != n.count(")")] == []
+    assert [n for n in notes if n.endswith((" al.", " e.g.", " i.e."))] == []
 
 
 def test_model_defaults_from_the_family_table(case):
@@ -215,3 +224,25 @@ def test_project_builds_as_a_package(case, tmp_path):
     project.run(*build, "-w", str(tmp_path), ".")
     (wheel,) = tmp_path.glob("*.whl")
     assert wheel.name.startswith(project.path.name.replace("-", "_") + "-0.1.0-")
+
+
+def test_day_one_files(case):
+    """CITATION.cff from the answers (valid CFF 1.2), .env.example with the keys the project
+    reads and .env ignored, and the commit hooks a project needs from day one."""
+    given, project = case
+    cff = yaml.safe_load(project.read("CITATION.cff"))
+    assert (cff["title"], cff["abstract"]) == (given["project_name"], given["research_goal"])
+    (author,) = cff["authors"]
+    name = " ".join(filter(None, (author.get("given-names"), author["family-names"])))
+    assert (name, author["email"]) == (given["author_name"].strip(), given["author_email"])
+    assert cff.get("license") == (None if given["license"] == "none" else given["license"])
+    project.run("check-jsonschema", "--builtin-schema", "vendor.citation-file-format",
+                "CITATION.cff")  # fmt: skip
+    example = project.read(".env.example")
+    assert re.search(r"^HF_TOKEN=$", example, re.M) and re.search(r"^WANDB_API_KEY=$", example, re.M)
+    assert ".env.example" in project.git("ls-files").splitlines()
+    assert project.run("git", "check-ignore", "-q", ".env", check=False).returncode == 0
+    config = yaml.safe_load(project.read(".pre-commit-config.yaml"))
+    hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
+    assert {"codespell", "check-merge-conflict", "detect-private-key"} <= hooks
+    assert {repo["repo"] for repo in config["repos"]} == {"local"}  # PyPI only, no git clones

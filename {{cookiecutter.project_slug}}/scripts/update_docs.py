@@ -36,11 +36,20 @@ from docs_tables import COMMANDS, FOLDERS, KEY_FILE_GROUPS  # noqa: E402
 DOCS = ("CLAUDE.md", "AGENTS.md")
 
 
+# A period after these ends no sentence ("Wang et al. (2022)", "e.g. GPT-2").
+ABBREVIATIONS = re.compile(r"(?:\bet al|\be\.g|\bi\.e|\betc|\bvs|\bcf|\bFig|\bEq|\bapprox)$")
+
+
 def first_sentence(text: str) -> str:
-    """The first sentence of `text`, on one line, with reST ``literals`` as Markdown `code`."""
+    """The first sentence of `text`, on one line, with reST ``literals`` as Markdown `code`.
+
+    It ends at a period and a space outside parentheses and not after an abbreviation."""
     text = " ".join(text.split()).replace("``", "`")
-    end = text.find(". ")
-    return text if end == -1 else text[: end + 1]
+    for match in re.finditer(r"\. ", text):
+        before = text[: match.start()]
+        if before.count("(") <= before.count(")") and not ABBREVIATIONS.search(before):
+            return text[: match.start() + 1]
+    return text
 
 
 def warn(message: str) -> None:
@@ -258,6 +267,11 @@ def replace_section(text: str, name: str, body: str) -> str:
 def refreshed(root: Path) -> dict[Path, tuple[str, str]]:
     """Each doc under `root` with its current text and its text with fresh generated sections."""
     bodies = {name: make(root) for name, make in SECTIONS.items()}
+    if not (root / "AGENTS.md").exists():  # not chosen: the docs name CLAUDE.md alone
+        bodies = {
+            name: body.replace(" / AGENTS.md", "").replace(" and AGENTS.md", "")
+            for name, body in bodies.items()
+        }
     docs = {}
     for path in (root / doc for doc in DOCS):
         if path.exists():

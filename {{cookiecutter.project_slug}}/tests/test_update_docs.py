@@ -248,3 +248,16 @@ def test_stage_refreshes_and_stages_after_a_commit(project: Path):
     assert update_docs.main(["--root", str(project), "--stage"]) == 0
     assert "`configs/other.yaml`" not in claude.read_text()  # the user's edits win
     assert claude.read_text().endswith("My own note.\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("IOI (Wang et al. 2022, the paper). More text.", "IOI (Wang et al. 2022, the paper)."),
+        ("Pick a model, e.g. GPT-2. Then run.", "Pick a model, e.g. GPT-2."),
+        ("Graph (EAP-IG's. Hanna et al. 2024). Next.", "Graph (EAP-IG's. Hanna et al. 2024)."),
+        ("One line, no period", "One line, no period"),
+    ],
+)
+def test_first_sentence_is_never_cut_at_an_abbreviation(text, first):
+    assert update_docs.first_sentence(text) == first
