@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import BIN, DEFAULT_NAME, DEFAULT_SLUG, Baked
 
 CRUFT = str(BIN / "cruft")
@@ -47,6 +48,7 @@ def test_cruft_create_commits_cruft_json_for_any_answers(template, tmp_path):
     assert {key: recorded[key] for key in answers} == answers
 
 
+@pytest.mark.slow
 def test_cruft_create_check_diff_update(template, tmp_path):
     repo, commit1 = template_repo(template, tmp_path / "template-repo")
 
@@ -134,7 +136,8 @@ def test_rerender_on_a_later_day_changes_nothing(template, tmp_path):
     project = Baked(out / DEFAULT_SLUG)
     stored = json.loads(project.read(".cruft.json"))["context"]["cookiecutter"]
     year = int(stored["date_created"][:4])
-    assert f"{year} " in project.read("LICENSE") and stored["date_created"] in project.read("AGENTS.md")
+    assert f"{year} " in project.read("LICENSE")
+    assert stored["date_created"] in project.read("AGENTS.md")
 
     later = tmp_path / "later-clock"
     later.mkdir()

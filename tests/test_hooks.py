@@ -59,9 +59,8 @@ def test_real_names_give_a_valid_default_slug(template, tmp_path):
         assert [p.name for p in out.iterdir()] == [slug]
         pyproject = (out / slug / "pyproject.toml").read_text(encoding="utf-8")
         assert f'name = "{slug}"' in pyproject
-        assert (out / slug / "CLAUDE.md").read_text(encoding="utf-8").startswith(
-            f"# Project: {name}\n"
-        )
+        claude = (out / slug / "CLAUDE.md").read_text(encoding="utf-8")
+        assert claude.startswith(f"# Project: {name}\n")
 
 
 def test_shadowing_slug_names_the_module(template, tmp_path):
@@ -128,6 +127,7 @@ def test_post_gen_hook_is_idempotent(bake, template):
     assert project.git("status", "--porcelain") == ""
 
 
+@pytest.mark.slow
 def test_commit_hook_strips_notebook_outputs(bake):
     project = bake()
     notebook = {

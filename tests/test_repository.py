@@ -40,3 +40,9 @@ def test_ci_runs_the_readme_test_command():
     command = "python -m pytest tests"
     assert command in readme and command in ci
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+
+
+def test_fast_mode_is_documented_and_registered():
+    readme = (TEMPLATE / "README.md").read_text()
+    assert 'python -m pytest tests -m "not slow"' in readme
+    assert "slow:" in (TEMPLATE / "pytest.ini").read_text()  # --strict-markers would need it

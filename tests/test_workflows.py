@@ -90,6 +90,7 @@ def test_template_workflow_runs_what_ci_run_runs():
     assert workflow["permissions"] == {"contents": "read"}
 
 
+@pytest.mark.slow
 def test_project_workflow_lints_tests_and_runs_slow_tests_weekly(projects):
     project = projects["github"]
     workflow = yaml.safe_load(project.read(".github/workflows/ci.yml"))
