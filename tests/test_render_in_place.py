@@ -222,4 +222,4 @@ def test_setup_workflow_is_valid_pinned_and_runs_the_script():
     assert render["env"]["REPO_DESCRIPTION"] == "${{ github.event.repository.description }}"
     assert "--keep-workflows" in render["run"] and "TEMPLATE_SETUP_TOKEN" in str(render["env"])
     assert 'git commit -q -m "Render the template"' in runs[-1] and "git add -A" in runs[-1]
-    assert all(s["if"] == "steps.template.outputs.present == 'true'" for s in job["steps"][2:])
+    assert all(s["if"] == "steps.decide.outputs.render == 'true'" for s in job["steps"][2:])
