@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,60 @@ def test_rerender_on_a_later_day_changes_nothing(template, tmp_path):
     assert fresh.returncode == 0
     license_text = (tmp_path / "new" / DEFAULT_SLUG / "LICENSE").read_text()
     assert f"{year + 1} " in license_text
+
+
+@pytest.mark.slow
+def test_every_way_in_updates_from_an_older_release(template, tmp_path):
+    """Plain cookiecutter and "Use this template" record the template's URL and commit in
+    .cruft.json, so a project made from release v0.1.0 updates to v0.2.0 (a tag `cruft update
+    --checkout` names); the paths the project owns ([tool.cruft] skip) keep the user's text."""
+    repo, v1 = template_repo(template, tmp_path / "template-repo")
+    repo.run("git", "tag", "v0.1.0")
+    readme = repo.path / SLUG_DIR / "README.md"
+    readme.write_text(readme.read_text() + "\nNew in v0.2.0.\n")
+    claude = repo.path / SLUG_DIR / "CLAUDE.md"  # skipped: the project's notes are the user's
+    claude.write_text(claude.read_text() + "\nTemplate text the update must not bring.\n")
+    v2 = commit_all(repo, "Template v2")
+    repo.run("git", "tag", "v0.2.0")
+    url = repo.path.as_uri()
+
+    # Plain cookiecutter from the older release.
+    Baked(tmp_path).run(
+        sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(tmp_path / "plain"),
+        f"git+{url}",
+        "--checkout", "v0.1.0",
+    )  # fmt: skip
+    plain = Baked(tmp_path / "plain" / DEFAULT_SLUG)
+
+    # "Use this template": a new repository holding v0.1.0's tree in a fresh commit, rendered
+    # in place as the setup workflow does.
+    used = Baked(tmp_path / "used" / DEFAULT_SLUG)
+    used.path.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", "v0.1.0"], cwd=repo.path, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x"], input=archive.stdout, cwd=used.path, check=True)
+    used.run("git", "init", "--quiet", "-b", "main")
+    commit_all(used, "Initial commit")
+    script = ".github/scripts/render_in_place.py"
+    rendered = used.run(sys.executable, script, "--name", DEFAULT_SLUG, "--template-url", url)
+    assert f".cruft.json records template {url} at {v1[:12]}" in rendered.stdout
+    commit_all(used, "Render the template")
+
+    for project in (plain, used):
+        assert project.git("status", "--porcelain") == ""
+        state = json.loads(project.git("show", "HEAD:.cruft.json"))
+        assert (state["template"], state["commit"]) == (url, v1)
+        assert state["context"]["cookiecutter"]["_commit"] == v1
+        notes = project.read("CLAUDE.md") + "\nMy notes.\n"
+        (project.path / "CLAUDE.md").write_text(notes)
+        commit_all(project, "My notes")
+
+        updated = project.run(CRUFT, "update", "-y", "--checkout", "v0.2.0")
+        assert "has been updated" in updated.stdout, updated.stdout + updated.stderr
+        assert project.read("README.md").endswith("\nNew in v0.2.0.\n")
+        assert project.read("CLAUDE.md") == notes  # skipped: the user's text, untouched
+        assert json.loads(project.read(".cruft.json"))["commit"] == v2
+        assert not [p for p in project.path.rglob("*") if p.suffix in {".rej", ".orig"}]
+        status = project.run("git", "status", "--porcelain", "--untracked-files=all").stdout
+        assert sorted(line[3:] for line in status.splitlines()) == [".cruft.json", "README.md"]

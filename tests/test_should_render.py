@@ -43,7 +43,8 @@ def test_only_a_generated_repository_renders(answer, render, why, template, tmp_
     result, output = decide(answer, template, tmp_path)
     assert result.returncode == 0, result.stderr
     assert why in result.stdout and result.stdout.count("\n") == 1
-    assert output == f"render={'true' if render else 'false'}\n"
+    url = "template_url=https://github.com/org/mech-interp-template.git\n"
+    assert output == (f"render=true\n{url}" if render else "render=false\n")
 
 
 def test_an_already_rendered_repository_is_left_alone(bake, tmp_path):

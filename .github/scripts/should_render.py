@@ -11,8 +11,9 @@ Only a repository made with GitHub's "Use this template" from the template rende
     gh api "repos/$GITHUB_REPOSITORY" > repo.json
     python .github/scripts/should_render.py repo.json [--root .]
 
-Prints one line saying why, and writes `render=true` or `render=false` to `$GITHUB_OUTPUT`
-when that is set (exit 0 either way; 1 only for an unreadable answer). Standard library only.
+Prints one line saying why, and writes `render=true` or `render=false` (and the template's
+`template_url`, for .cruft.json) to `$GITHUB_OUTPUT` when that is set. Exits 0 either way, 1
+only for an answer that is not a repository's. Standard library only.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     print(why)
     output = os.environ.get("GITHUB_OUTPUT")
     if output:
+        url = (repo.get("template_repository") or {}).get("clone_url", "")
         with open(output, "a", encoding="utf-8") as file:
             file.write(f"render={'true' if render else 'false'}\n")
+            if render and url:
+                file.write(f"template_url={url}\n")
     return 0
 
 
