@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import BIN, DEFAULT_SLUG, DEFAULTS, Baked, cli
 from cookiecutter.generate import generate_context
 from cookiecutter.hooks import run_hook_from_repo_dir
@@ -211,3 +213,50 @@ def test_commit_hooks_catch_conflicts_keys_and_typos(bake):
     for hook, name in zip(hooks, bad, strict=True):
         result = project.run("pre-commit", "run", hook, "--files", name, check=False)
         assert result.returncode == 1 and name in result.stdout, (hook, result.stdout)
+
+
+NOTEBOOK_WITH_OUTPUT = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": 1,
+            "id": "c1",
+            "metadata": {},
+            "outputs": [{"name": "stdout", "output_type": "stream", "text": ["42\n"]}],
+            "source": ["print(42)\n"],
+        }
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.mark.slow
+def test_a_clone_gets_the_hooks_from_make_setup(bake, tmp_path):
+    """A clone has no hooks; `make setup` installs the project, then them (`make hooks`); a
+    notebook committed with outputs fails the project's test and its CI check until stripped."""
+    project = bake()
+    clone = Baked(tmp_path / "clone")
+    subprocess.run(["git", "clone", "-q", str(project.path), str(clone.path)], check=True)
+    assert not (clone.path / ".git" / "hooks" / "pre-commit").exists()
+    planned = clone.run("make", "-n", "setup").stdout.splitlines()
+    assert planned[0] == 'python -m pip install -e ".[dev]"' and "hooks" in planned[1]
+    clone.run("make", "hooks")
+    for hook in ("pre-commit", "post-commit"):
+        assert (clone.path / ".git" / "hooks" / hook).is_file(), hook
+
+    notebook = clone.path / "notebooks" / "03_results.ipynb"
+    notebook.write_text(json.dumps(NOTEBOOK_WITH_OUTPUT, indent=1) + "\n")
+    clone.git("add", "notebooks/03_results.ipynb")
+    clone.run("git", "commit", "-q", "--no-verify", "-m", "Results, outputs and all")
+    check = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    failed = clone.run(*check, "tests/test_notebook_outputs.py", check=False)
+    assert failed.returncode == 1 and "notebooks/03_results.ipynb" in failed.stdout
+    workflow = yaml.safe_load(clone.read(".github/workflows/ci.yml"))
+    step = next(s for s in workflow["jobs"]["tests"]["steps"] if "nbstripout" in s.get("run", ""))
+    assert clone.run("bash", "-c", step["run"], check=False).returncode != 0
+    clone.run("nbstripout", "notebooks/03_results.ipynb")
+    clone.git("add", "notebooks/03_results.ipynb")
+    clone.run(*check, "tests/test_notebook_outputs.py")
+    clone.run("bash", "-c", step["run"])
