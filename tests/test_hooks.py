@@ -53,16 +53,16 @@ REAL_NAMES = {
 }
 
 
-def test_real_names_give_a_valid_default_slug(template, tmp_path):
+def test_real_names_give_a_valid_default_slug(bake, template):
+    context = generate_context(str(template / "cookiecutter.json"))
     for name, slug in REAL_NAMES.items():
-        out = tmp_path / slug
-        result = cli(template, out, f"project_name={name}")
-        assert result.returncode == 0, result.stderr
-        assert [p.name for p in out.iterdir()] == [slug]
-        pyproject = (out / slug / "pyproject.toml").read_text(encoding="utf-8")
-        assert f'name = "{slug}"' in pyproject
-        claude = (out / slug / "CLAUDE.md").read_text(encoding="utf-8")
-        assert claude.startswith(f"# Project: {name}\n")
+        context["cookiecutter"]["project_name"] = name
+        assert prompt_for_config(context, no_input=True)["project_slug"] == slug
+    name = "IOI: Name Movers & Études d'induction (replication)"
+    project = bake(project_name=name)  # and a project is made under such a name
+    assert project.path.name == "ioi-name-movers-etudes-d-induction-replication"
+    assert f'name = "{project.path.name}"' in project.read("pyproject.toml")
+    assert project.read("CLAUDE.md").startswith(f"# Project: {name}\n")
 
 
 def test_shadowing_slug_names_the_module(template, tmp_path):
@@ -236,7 +236,7 @@ NOTEBOOK_WITH_OUTPUT = {
 def test_a_clone_gets_the_hooks_from_make_setup(bake, tmp_path):
     """A clone has no hooks; `make setup` installs the project, then them (`make hooks`); a
     notebook committed with outputs fails the project's test and its CI check until stripped."""
-    project = bake()
+    project = bake(ci="github")  # a fork may default to ci=none: the CI check is tested here
     clone = Baked(tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", str(project.path), str(clone.path)], check=True)
     assert not (clone.path / ".git" / "hooks" / "pre-commit").exists()
