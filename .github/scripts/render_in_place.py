@@ -2,7 +2,8 @@
 
 Run in the root of such a repository (its tree is the raw template):
 
-    python .github/scripts/render_in_place.py --name my-induction-study [--description TEXT]
+    python .github/scripts/render_in_place.py --name my-induction-study [--description TEXT] \
+        [--template-url https://github.com/org/mech-interp-template.git]
 
 The project is rendered with `cookiecutter --no-input` (project name from the repository name,
 research goal from its description) into a temporary folder first; only when that succeeded are
@@ -10,6 +11,9 @@ the repository's tracked files (the whole template, this script and its workflow
 replaced by the rendered project. The git history continues: nothing is committed here (the
 setup workflow commits), and the post-generation hook makes no repository or first commit of its
 own, because the render happens inside a scratch git work tree (the hook then leaves git alone).
+
+With `--template-url`, the project's `.cruft.json` records that template and the commit whose
+tree this repository holds, so `cruft update` works on it; without, it has none.
 
 GitHub's default Actions token may delete workflow files but not add them, so the project's own
 workflows go to `.github/workflows-pending/` unless `--keep-workflows` is given (when the push
