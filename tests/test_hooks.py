@@ -236,7 +236,7 @@ NOTEBOOK_WITH_OUTPUT = {
 def test_a_clone_gets_the_hooks_from_make_setup(bake, tmp_path):
     """A clone has no hooks; `make setup` installs the project, then them (`make hooks`); a
     notebook committed with outputs fails the project's test and its CI check until stripped."""
-    project = bake(ci="github")  # a fork may default to ci=none: the CI check is tested here
+    project = bake(ci="github", project_name="Clone Study")  # a fork may default to ci=none
     clone = Baked(tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", str(project.path), str(clone.path)], check=True)
     assert not (clone.path / ".git" / "hooks" / "pre-commit").exists()
