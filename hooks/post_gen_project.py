@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ ANSWER_ORDER = json.loads(r"""{{ cookiecutter.keys() | list | tojson }}""")
 PROJECT = Path.cwd()
 sys.dont_write_bytecode = True  # importing the project's modules leaves no __pycache__ in it
 CRUFT_FILE = ".cruft.json"
+# Answers cookiecutter adds that describe one run (where it wrote, its clone), not the project.
+RUN_KEYS = ("_output_dir", "_repo_dir", "_checkout")
 
 # Files that exist only when an answer asks for them: path -> keep?
 OPTIONAL_FILES = {
@@ -102,19 +105,51 @@ def cruft_mode() -> str:
     return "update" if throwaway else "create"
 
 
-def write_cruft_file() -> None:
-    """Write `.cruft.json` as `cruft create` will once this hook returns, so the first commit
-    holds it and cruft's own write changes nothing. cruft's `--checkout`, `--directory` and
-    `--skip` are not visible here: with those, cruft's file differs and shows as a change."""
+def write_cruft_file(template: str, commit: str, skip: tuple[str, ...] = ()) -> None:
+    """Write `.cruft.json` as `cruft create` does (under cruft: byte for byte what cruft writes
+    once this hook returns, so the first commit holds it and cruft's own write changes nothing;
+    its `--checkout`, `--directory` and `--skip` are not visible here: with those, cruft's file
+    differs and shows as a change). `skip`: answers that describe one run, not the project."""
+    context = {key: ANSWERS[key] for key in ANSWER_ORDER if key not in skip}
+    context.update(_template=template, _commit=commit)
     state = {
-        "template": ANSWERS["_template"],
-        "commit": ANSWERS["_commit"],
-        "checkout": None,
-        "context": {"cookiecutter": {key: ANSWERS[key] for key in ANSWER_ORDER}},
+        "template": template,
+        "commit": commit,
+        "checkout": None,  # `cruft update` follows the template's default branch
+        "context": {"cookiecutter": context},
         "directory": None,
     }
     text = json.dumps(state, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
     (PROJECT / CRUFT_FILE).write_text(text)  # cruft's json_dumps and write_text, byte for byte
+
+
+def template_source() -> tuple[str, str] | None:
+    """(URL, commit) of the template a plain `cookiecutter` render came from, for `.cruft.json`
+    (so `cruft update` works on the project); None when the template is not a git checkout.
+
+    cookiecutter clones a URL (`gh:org/...`, `https://...`, `file://...`) into
+    `~/.cookiecutters/` (its `origin` is the URL) and reads a local path as it is."""
+    given = str(ANSWERS.get("_template") or "")
+    repo = Path(ANSWERS.get("_repo_dir") or "")
+    if not repo.is_absolute():  # a relative local path: relative to where cookiecutter ran
+        repo = Path(os.environ.get("PWD", "")) / repo
+    if not given or not repo.is_dir():
+        return None
+    found = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--show-toplevel", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    lines = found.stdout.split()
+    if found.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != repo.resolve():
+        return None
+    if Path(given).expanduser().is_dir() or Path(os.environ.get("PWD", ""), given).is_dir():
+        return str(repo.resolve()), lines[1]  # a local checkout
+    origin = subprocess.run(
+        ["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True, text=True
+    )
+    url = origin.stdout.strip() if origin.returncode == 0 else ""
+    return (url, lines[1]) if url else None
 
 
 def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -184,7 +219,17 @@ def main() -> None:
         )
         return
     if mode == "create":
-        write_cruft_file()
+        write_cruft_file(ANSWERS["_template"], ANSWERS["_commit"])
+    elif shutil.which("git") is not None:
+        source = template_source()
+        if source is None:
+            print(
+                "note: the template is not a git checkout, so no .cruft.json: "
+                "`cruft update` needs the template's URL and commit",
+                file=sys.stderr,
+            )
+        else:
+            write_cruft_file(*source, skip=RUN_KEYS)
     if shutil.which("git") is None:
         warn(
             "git is not on PATH: no repository, commit hook or first commit",

@@ -4,6 +4,7 @@ A bad answer exits with one line naming the prompt and what is wanted;
 cookiecutter then removes the half-made output folder.
 """
 
+import datetime
 import json
 import re
 import sys
@@ -12,6 +13,28 @@ import sys
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 SLUG = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
+# Imports a project folder or distribution of that name would shadow or replace
+# (`pip install -e .` of a project named `torch` uninstalls torch): the project's own package,
+# its main dependencies, and the standard library of the Python running this.
+SHADOWED = {
+    "src",
+    "torch",
+    "transformer_lens",
+    "sae_lens",
+    "transformers",
+    "datasets",
+    "einops",
+    "numpy",
+    "safetensors",
+    "yaml",
+    "pydantic",
+    "tqdm",
+    "matplotlib",
+    "scipy",
+    "circuitsvis",
+    "wandb",
+    "pytest",
+} | set(getattr(sys, "stdlib_module_names", ()))
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -24,10 +47,22 @@ def problems(answers: dict[str, str]) -> list[str]:
     if not any(q.strip() for q in str(answers["research_questions"]).split(";")):
         found.append("research_questions: give at least one question (separate several with ';')")
     slug = str(answers["project_slug"])
-    if not SLUG.match(slug):
+    module = slug.replace("-", "_")
+    if slug.strip() in ("", "_"):  # "_": cookiecutter.json's default for a name without a slug
+        found.append(
+            f"project_slug: project_name {answers['project_name']!r} gives an empty slug (no "
+            "letters or digits); want a project_slug such as 'induction-heads', or a name with "
+            "letters"
+        )
+    elif not SLUG.match(slug):
         found.append(
             f"project_slug: {slug!r} is not a valid folder name; want lowercase letters and "
             "digits, words joined by '-' or '_', starting with a letter (e.g. 'induction-heads')"
+        )
+    elif module in SHADOWED:
+        found.append(
+            f"project_slug: {slug!r} would shadow the module `{module}` (a folder or package "
+            f"of that name hides or replaces it); want another name, e.g. '{slug}-study'"
         )
     email = str(answers["author_email"])
     if not EMAIL.match(email):
@@ -39,6 +74,14 @@ def problems(answers: dict[str, str]) -> list[str]:
         ok = False
     if not ok:
         found.append(f"gpu_memory_gb: {gpu!r} is not a positive number of GB; want e.g. 24 or 12.5")
+    created = str(answers.get("date_created", ""))
+    try:
+        datetime.date.fromisoformat(created)
+        ok = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", created))
+    except ValueError:
+        ok = False
+    if not ok:
+        found.append(f"date_created: {created!r} is not a date; want YYYY-MM-DD, e.g. 2025-06-01")
     return found
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cookiecutter.main import cookiecutter
+from slugify import slugify  # python-slugify, cookiecutter's `slugify` filter
 from slurm_cluster import slurm_cluster  # noqa: F401  (a fixture: a real single-node SLURM)
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -22,10 +23,11 @@ BIN = Path(sys.executable).parent
 SHARED = Path(tempfile.gettempdir()) / "mech-interp-template-tests"
 CACHES = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", "wandb"}
 DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
-# The default answers' name and slug (the slug derived as cookiecutter.json does), so that a
-# fork which changes the defaults runs these tests unchanged.
+# The default answers' name and slug (the slug derived as cookiecutter.json does, with
+# cookiecutter's `slugify` filter), so that a fork which changes the defaults runs these tests
+# unchanged.
 DEFAULT_NAME = DEFAULTS["project_name"]
-DEFAULT_SLUG = DEFAULT_NAME.lower().replace(" ", "-").replace("_", "-").replace(".", "-")
+DEFAULT_SLUG = slugify(DEFAULT_NAME)
 
 
 @dataclass

@@ -13,6 +13,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.slow  # adds a kind and runs it in a rendered project
+
 BLOCK = re.compile(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", re.DOTALL)
 
 

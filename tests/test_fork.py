@@ -8,6 +8,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the template's tests again on a fork
+
 FORK_DEFAULTS = {
     "project_name": "Gemma Feature Atlas",
     "research_goal": "Map the SAE features of a small model's middle layers.",

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the generated project's own test suites
+
 
 def summary(output: str) -> dict[str, int]:
     """Counts from pytest's closing line, e.g. {'passed': 30, 'deselected': 2}."""

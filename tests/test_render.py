@@ -9,6 +9,7 @@ import tomllib
 import pytest
 import yaml
 from conftest import DEFAULTS, Baked
+from slugify import slugify
 
 TRICKY = {
     "project_name": 'Ünïcode "Quotes": back\\slash — test',
@@ -89,7 +90,7 @@ def test_answers_round_trip(case):
     pyproject = tomllib.loads(project.read("pyproject.toml"))["project"]
     slug = given["project_slug"]
     if "{{" in slug:  # the default: derived from the project name as cookiecutter.json says
-        slug = re.sub(r"[ _.]", "-", given["project_name"].lower())
+        slug = slugify(given["project_name"])
     assert pyproject["name"] == slug
     assert pyproject["description"] == given["research_goal"]
     assert pyproject["authors"] == [{"name": given["author_name"], "email": given["author_email"]}]
@@ -135,6 +136,15 @@ def test_claude_md_filled(case):
     configs = {p.name for p in (project.path / "configs").glob("*.yaml")} - {"project.yaml"}
     assert configs and all(f"`configs/{name}`" in rows for name in configs)
     assert "`configs/project.yaml`" not in rows
+    # nothing false for the chosen options
+    if given["multi_agent"] == "no":
+        assert "AGENTS.md" not in claude
+    if given["model_name"] == "toy-induction":
+        assert "HF Hub" not in project.read("configs/experiment.yaml")
+    # key-file descriptions end where their sentence ends ("Wang et al. 2022" is not an end)
+    notes = re.findall(r"^- `[^`]+` - (.*)$", claude, re.M)
+    assert notes and [n for n in notes if n.count("(") != n.count(")")] == []
+    assert [n for n in notes if n.endswith((" al.", " e.g.", " i.e."))] == []
 
 
 def test_model_defaults_from_the_family_table(case):
@@ -195,6 +205,7 @@ print(sum(distinct.values()) * 4 / 128 * 1000 / 1e9)
 """
 
 
+@pytest.mark.slow
 def test_cache_estimate_matches_a_real_cache(bake, default_project):
     """CLAUDE.md's GB per 1k tokens for gpt2-small equals a GPT-2-shaped model's real cache."""
     gpt2 = default_project
@@ -207,6 +218,7 @@ def test_cache_estimate_matches_a_real_cache(bake, default_project):
     assert float(found.group(1)) == pytest.approx(measured, rel=0.01)
 
 
+@pytest.mark.slow
 def test_project_builds_as_a_package(case, tmp_path):
     """`pip install -e .` works: the pyproject (license expression, package list) builds."""
     _, project = case
@@ -214,3 +226,25 @@ def test_project_builds_as_a_package(case, tmp_path):
     project.run(*build, "-w", str(tmp_path), ".")
     (wheel,) = tmp_path.glob("*.whl")
     assert wheel.name.startswith(project.path.name.replace("-", "_") + "-0.1.0-")
+
+
+def test_day_one_files(case):
+    """CITATION.cff from the answers (valid CFF 1.2), .env.example with the keys the project
+    reads and .env ignored, and the commit hooks a project needs from day one."""
+    given, project = case
+    cff = yaml.safe_load(project.read("CITATION.cff"))
+    assert (cff["title"], cff["abstract"]) == (given["project_name"], given["research_goal"])
+    (author,) = cff["authors"]
+    name = " ".join(filter(None, (author.get("given-names"), author["family-names"])))
+    assert (name, author["email"]) == (given["author_name"].strip(), given["author_email"])
+    assert cff.get("license") == (None if given["license"] == "none" else given["license"])
+    project.run("check-jsonschema", "--builtin-schema", "vendor.citation-file-format",
+                "CITATION.cff")  # fmt: skip
+    example = project.read(".env.example")
+    assert re.findall(r"^(\w+)=$", example, re.M) == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert ".env.example" in project.git("ls-files").splitlines()
+    assert project.run("git", "check-ignore", "-q", ".env", check=False).returncode == 0
+    config = yaml.safe_load(project.read(".pre-commit-config.yaml"))
+    hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
+    assert {"codespell", "check-merge-conflict", "detect-private-key"} <= hooks
+    assert {repo["repo"] for repo in config["repos"]} == {"local"}  # PyPI only, no git clones

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +25,9 @@ TEMPLATE_ONLY = [
     "{{cookiecutter.project_slug}}",
     ".ci",
     "requirements-test.txt",
+    "CHANGELOG.md",
+    "pytest.ini",
+    "tests/github_api",
     ".ruff.toml",
     ".github/scripts",
     ".github/workflows/setup-from-template.yml",
@@ -31,17 +35,22 @@ TEMPLATE_ONLY = [
     "tests/test_render_in_place.py",
     "tests/test_hooks.py",
 ]
+# Jinja-like text a description may hold: it renders literally, never as Jinja.
+DESCRIPTION = 'Find the induction circuit: "which heads", {{ not Jinja }}, {{ x, {# and ' + (
+    "{% endraw %} and unicode (é)."
+)
 # name, description, --keep-workflows, the answers a plain render needs for the same project
 CASES = {
     "name-and-description": (
         "induction-heads-study",
-        'Find the induction circuit: "which heads", {{ not Jinja }} and unicode (é).',
+        DESCRIPTION,
         False,
         {
             "project_name": "Induction Heads Study",
             "project_slug": "induction-heads-study",
             "research_goal": "{% raw %}Find the induction circuit: "
-            '"which heads", {{ not Jinja }} and unicode (é).{% endraw %}',
+            '"which heads", {{ not Jinja }}, {{ x, {# and {% endraw %}{{ "{% endraw %}" }}'
+            "{% raw %} and unicode (é).{% endraw %}",
         },
     ),
     "capitals-dots-keep-workflows": (
@@ -93,6 +102,9 @@ def test_render_in_place_equals_a_plain_render(case, template, bake, tmp_path):
     result = render_in_place(repo, *options)
     assert result.returncode == 0, result.stderr
     assert f"({answers['project_slug']}) in place" in result.stdout
+    if description:  # the description is the research goal, verbatim
+        pyproject = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))
+        assert pyproject["project"]["description"] == description
 
     expected = contents(bake(**answers).path)
     workflows = sorted(n for n in expected if n.startswith(".github/workflows/"))
@@ -213,4 +225,4 @@ def test_setup_workflow_is_valid_pinned_and_runs_the_script():
     assert render["env"]["REPO_DESCRIPTION"] == "${{ github.event.repository.description }}"
     assert "--keep-workflows" in render["run"] and "TEMPLATE_SETUP_TOKEN" in str(render["env"])
     assert 'git commit -q -m "Render the template"' in runs[-1] and "git add -A" in runs[-1]
-    assert all(s["if"] == "steps.template.outputs.present == 'true'" for s in job["steps"][2:])
+    assert all(s["if"] == "steps.decide.outputs.render == 'true'" for s in job["steps"][2:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 
@@ -40,3 +41,24 @@ def test_ci_runs_the_readme_test_command():
     command = "python -m pytest tests"
     assert command in readme and command in ci
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+
+
+def test_fast_mode_is_documented_and_registered():
+    readme = (TEMPLATE / "README.md").read_text()
+    assert 'python -m pytest tests -m "not slow"' in readme
+    assert "slow:" in (TEMPLATE / "pytest.ini").read_text()  # --strict-markers would need it
+
+
+def test_updating_is_documented_with_releases():
+    """README's "Updating a project" names the commands, a release tag and .rej resolution; the
+    CHANGELOG has release headings; every skipped path has its reason in the README."""
+    readme = (TEMPLATE / "README.md").read_text()
+    section = readme.split("## Updating a project")[1].split("\n## ")[0]
+    for needed in ("cruft update ", "cruft update --checkout v", "cruft diff", ".rej"):
+        assert needed in section, needed
+    changelog = (TEMPLATE / "CHANGELOG.md").read_text()
+    assert re.search(r"^## \d+\.\d+\.\d+ - \d{4}-\d{2}-\d{2}$", changelog, re.M)
+    pyproject = (TEMPLATE / "{{cookiecutter.project_slug}}" / "pyproject.toml").read_text()
+    skip = re.search(r"^\[tool\.cruft\]\nskip = (\[.*\])$", pyproject, re.M).group(1)
+    for path in json.loads(skip):
+        assert f"`{path}" in section, path

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # a real cluster and several task start-ups
+
 SWEEP = "configs/toy_induction_sweep.yaml"
 RESULTS = Path("data/results/toy_induction_sweep/sweep")
 

@@ -18,6 +18,8 @@ import pytest
 from conftest import TEMPLATE
 from test_generated_suite import summary
 
+pytestmark = pytest.mark.slow  # installs transformer-lens 4 in a new venv
+
 TL4 = "transformer-lens>=4,<5"
 NOT_BESIDE_TL4 = ("sae-lens", "transformer-lens")  # sae-lens requires transformer-lens<4
 

@@ -2,7 +2,8 @@
 
 Run in the root of such a repository (its tree is the raw template):
 
-    python .github/scripts/render_in_place.py --name my-induction-study [--description TEXT]
+    python .github/scripts/render_in_place.py --name my-induction-study [--description TEXT] \
+        [--template-url https://github.com/org/mech-interp-template.git]
 
 The project is rendered with `cookiecutter --no-input` (project name from the repository name,
 research goal from its description) into a temporary folder first; only when that succeeded are
@@ -10,6 +11,9 @@ the repository's tracked files (the whole template, this script and its workflow
 replaced by the rendered project. The git history continues: nothing is committed here (the
 setup workflow commits), and the post-generation hook makes no repository or first commit of its
 own, because the render happens inside a scratch git work tree (the hook then leaves git alone).
+
+With `--template-url`, the project's `.cruft.json` records that template and the commit whose
+tree this repository holds, so `cruft update` works on it; without, it has none.
 
 GitHub's default Actions token may delete workflow files but not add them, so the project's own
 workflows go to `.github/workflows-pending/` unless `--keep-workflows` is given (when the push
@@ -20,6 +24,7 @@ Needs the standard library and cookiecutter only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -37,6 +42,7 @@ REPO_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 TEMPLATE_DIR = "{{cookiecutter.project_slug}}"
 WORKFLOWS = Path(".github/workflows")
 PENDING = Path(".github/workflows-pending")
+CRUFT_FILE = ".cruft.json"
 CACHES = {"__pycache__", ".pytest_cache", ".ruff_cache"}  # byproducts of running the hooks
 PENDING_README = """\
 # Workflows waiting to be enabled
@@ -56,6 +62,13 @@ git commit -m "Enable the CI workflows" && git push
 
 class SetupError(Exception):
     """Bad input or a repository that is not a fresh copy of the template: one line to show."""
+
+
+def literal(text: str) -> str:
+    """`text` as a Jinja template that renders to exactly `text`: cookiecutter renders every
+    answer as Jinja, so each `{` (the start of `{{`, `{%` and `{#`) becomes an expression that
+    prints it. Unlike `{% raw %}`, this holds for any text, `{% endraw %}` included."""
+    return text.replace("{", "{{ '{' }}")
 
 
 def answers_for(name: str, description: str | None) -> dict[str, str]:
@@ -82,11 +95,7 @@ def answers_for(name: str, description: str | None) -> dict[str, str]:
         "project_slug": slug,
     }
     if description and description.strip():
-        goal = " ".join(description.split())
-        # cookiecutter renders answers as Jinja: keep braces in a description literal.
-        if re.search(r"\{[{%#]", goal):
-            goal = "{% raw %}" + goal + "{% endraw %}"
-        answers["research_goal"] = goal
+        answers["research_goal"] = literal(" ".join(description.split()))
     return answers
 
 
@@ -134,6 +143,43 @@ def render(template: Path, answers: dict[str, str], scratch: Path) -> Path:
     finally:
         os.environ.update(env)
     return Path(out)
+
+
+def template_commit(root: Path, url: str) -> str | None:
+    """The template commit this repository was generated from: the one whose tree is this
+    repository's HEAD tree ("Use this template" copies the tree into a fresh commit), found in
+    the template's history fetched from `url`; None if unreachable or not found."""
+    fetched = subprocess.run(
+        ["git", "fetch", "--quiet", "--no-tags", url, "HEAD"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if fetched.returncode != 0:
+        return None
+    tree = git(root, "rev-parse", "HEAD^{tree}").strip()
+    for line in git(root, "log", "--format=%H %T", "FETCH_HEAD").splitlines():
+        commit, commit_tree = line.split()
+        if commit_tree == tree:
+            return commit
+    return None
+
+
+def record_template(project: Path, root: Path, url: str | None) -> str:
+    """Point the project's `.cruft.json` at the template URL and commit it came from, so that
+    `cruft update` works; without them, remove it. Returns a line saying which."""
+    cruft = project / CRUFT_FILE
+    commit = template_commit(root, url) if url else None
+    if commit is None or not cruft.is_file():
+        cruft.unlink(missing_ok=True)
+        why = "no --template-url" if not url else f"no commit of {url} has this repository's tree"
+        return f"No {CRUFT_FILE} ({why}): `cruft link {url or 'TEMPLATE_URL'}` can add one."
+    state = json.loads(cruft.read_text(encoding="utf-8"))
+    state["template"] = state["context"]["cookiecutter"]["_template"] = url
+    state["commit"] = state["context"]["cookiecutter"]["_commit"] = commit
+    text = json.dumps(state, ensure_ascii=False, indent=2, separators=(",", ": ")) + "\n"
+    cruft.write_text(text, encoding="utf-8")
+    return f"{CRUFT_FILE} records template {url} at {commit[:12]}: `cruft update` brings changes."
 
 
 def park_workflows(project: Path) -> list[str]:
@@ -185,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the repository's name (its project slug)")
     parser.add_argument("--description", help="the repository's description (the research goal)")
     parser.add_argument(
+        "--template-url",
+        help="the template repository's git URL (the setup workflow passes the API's "
+        "template_repository.clone_url): recorded in .cruft.json with the commit whose tree "
+        "this repository holds, so that `cruft update` works",
+    )
+    parser.add_argument(
         "--keep-workflows",
         action="store_true",
         help="leave the project's workflows in .github/workflows/ (the push needs a token with "
@@ -197,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         tracked = check_repository(root)
         with tempfile.TemporaryDirectory(prefix="render-in-place-") as scratch:
             project = render(root, answers, Path(scratch))
+            recorded = record_template(project, root, args.template_url)
             parked = [] if args.keep_workflows else park_workflows(project)
             count = replace_contents(root, tracked, project)
     except SetupError as error:
@@ -206,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Rendered '{answers['project_name']}' ({answers['project_slug']}) in place: "
         f"{len(tracked)} template files removed, {count} project files written."
     )
+    print(recorded)
     if parked:
         print(
             f"The project's workflows ({', '.join(parked)}) are in {PENDING}/: the default "

@@ -7,6 +7,10 @@ so the project generator's hook can run it before any install.
 
     python scripts/update_docs.py          # rewrite in place
     python scripts/update_docs.py --check  # exit 1 if a section is stale
+    python scripts/update_docs.py --stage  # after a commit: refresh and stage (post-commit hook)
+
+A file that does not parse (work in progress) is listed without a description, with one
+warning naming it: a refresh never fails the run or the commit that started it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import ast
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,15 +36,43 @@ from docs_tables import COMMANDS, FOLDERS, KEY_FILE_GROUPS  # noqa: E402
 DOCS = ("CLAUDE.md", "AGENTS.md")
 
 
+# A period after these ends no sentence ("Wang et al. (2022)", "e.g. GPT-2").
+ABBREVIATIONS = re.compile(r"(?:\bet al|\be\.g|\bi\.e|\betc|\bvs|\bcf|\bFig|\bEq|\bapprox)$")
+
+
 def first_sentence(text: str) -> str:
-    """The first sentence of `text`, on one line, with reST ``literals`` as Markdown `code`."""
+    """The first sentence of `text`, on one line, with reST ``literals`` as Markdown `code`.
+
+    It ends at a period and a space outside parentheses and not after an abbreviation."""
     text = " ".join(text.split()).replace("``", "`")
-    end = text.find(". ")
-    return text if end == -1 else text[: end + 1]
+    for match in re.finditer(r"\. ", text):
+        before = text[: match.start()]
+        if before.count("(") <= before.count(")") and not ABBREVIATIONS.search(before):
+            return text[: match.start() + 1]
+    return text
 
 
-def describe(path: Path) -> str:
-    """One line saying what a file is: its docstring, leading comment or first heading."""
+def warn(message: str) -> None:
+    """One line on stderr: a doc refresh reports what it skipped and never fails a run."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def describe(path: Path, root: Path | None = None) -> str:
+    """One line saying what a file is: its docstring, leading comment or first heading.
+
+    A file that does not parse (work in progress) gets no description and one warning."""
+    try:
+        return _describe(path)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as error:
+        where = f" line {error.lineno}" if getattr(error, "lineno", None) else ""
+        warn(
+            f"{path.relative_to(root).as_posix() if root else path}: could not read its description ({type(error).__name__}{where}); "
+            "CLAUDE.md lists it without one until it parses"
+        )
+        return ""
+
+
+def _describe(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".py":
         return first_sentence(ast.get_docstring(ast.parse(text)) or "")
@@ -68,7 +101,7 @@ def key_files(root: Path) -> str:
             continue
         lines.append(f"### {group}")
         for path in files:
-            note = describe(path)
+            note = describe(path, root)
             lines.append(
                 f"- `{path.relative_to(root).as_posix()}`" + (f" - {note}" if note else "")
             )
@@ -238,6 +271,11 @@ def replace_section(text: str, name: str, body: str) -> str:
 def refreshed(root: Path) -> dict[Path, tuple[str, str]]:
     """Each doc under `root` with its current text and its text with fresh generated sections."""
     bodies = {name: make(root) for name, make in SECTIONS.items()}
+    if not (root / "AGENTS.md").exists():  # not chosen: the docs name CLAUDE.md alone
+        bodies = {
+            name: body.replace(" / AGENTS.md", "").replace(" and AGENTS.md", "")
+            for name, body in bodies.items()
+        }
     docs = {}
     for path in (root / doc for doc in DOCS):
         if path.exists():
@@ -248,15 +286,37 @@ def refreshed(root: Path) -> dict[Path, tuple[str, str]]:
     return docs
 
 
-def update(root: Path = ROOT) -> list[Path]:
-    """Rewrite every stale generated section of the docs under `root`; return the files changed."""
+def update(root: Path = ROOT, skip: list[Path] = ()) -> list[Path]:
+    """Rewrite every stale generated section of the docs under `root` (but those in `skip`);
+    return the files changed."""
     changed = []
     for path, (old, new) in refreshed(root).items():
-        if new != old:
+        if new != old and path not in skip:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(new, encoding="utf-8")
             tmp.replace(path)
             changed.append(path)
+    return changed
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def update_and_stage(root: Path = ROOT) -> list[Path]:
+    """After a commit (the post-commit hook): refresh the docs and stage what changed, so the
+    refresh is in the next commit and leaves no unstaged change (pre-commit reports a hook that
+    leaves one as failed). A doc with unstaged edits of your own is left alone."""
+    mine = [
+        path
+        for path in (root / doc for doc in DOCS)
+        if path.exists() and _git(root, "diff", "--quiet", "--", path.name).returncode == 1
+    ]
+    for path in mine:
+        warn(f"{path.name} has unstaged edits: not refreshed (run python scripts/update_docs.py)")
+    changed = update(root, skip=mine)
+    if changed:
+        _git(root, "add", "--", *(path.name for path in changed))
     return changed
 
 
@@ -272,13 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="project root (default: this one)")
     parser.add_argument("--check", action="store_true", help="only report; exit 1 if stale")
+    parser.add_argument(
+        "--stage",
+        action="store_true",
+        help="stage the refreshed docs (the post-commit hook); skip docs with unstaged edits",
+    )
     args = parser.parse_args(argv)
     if args.check:
         stale = [path for path, (old, new) in refreshed(args.root).items() if old != new]
         for path in stale:
             print(f"{path.name}: generated sections are stale; run python scripts/update_docs.py")
         return 1 if stale else 0
-    for path in update(args.root):
+    for path in update_and_stage(args.root) if args.stage else update(args.root):
         print(f"updated {path.relative_to(args.root)}")
     return 0
 

@@ -77,4 +77,26 @@ def test_log_to_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert path.exists()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_wandb_not_logged_in_keeps_the_json_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Online mode with no key anywhere: the JSON log is written, one line says what to do."""
+    pytest.importorskip("wandb")
+    from src.utils import tracking
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    path = log_experiment("run", CONFIG, RESULTS, results_dir=tmp_path / "r", use_wandb=True)
+    assert json.loads(path.read_text())["results"] == RESULTS
+    assert [r.getMessage() for r in caplog.records] == [tracking.WANDB_NOT_LOGGED_IN]
+    assert "wandb login" in tracking.WANDB_NOT_LOGGED_IN
+    assert "WANDB_MODE=offline" in tracking.WANDB_NOT_LOGGED_IN
+    assert not (tmp_path / "wandb").exists()  # wandb was never started
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert tracking.wandb_ready()  # `wandb login` saved a key: it logs
 {%- endif %}

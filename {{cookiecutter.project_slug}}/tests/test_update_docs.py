@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,53 @@ def test_compute_answer_beyond_the_basic_plane_reads_back(project: Path):
     )
     update_docs.update(project)
     assert '- **GPU**: A100 \U0001f680 "spot": #1 (0.5 GB)' in _compute_section(project)
+
+
+def test_unparsable_file_warns_once_and_the_refresh_succeeds(project: Path, capsys):
+    """Work in progress that does not parse is listed without a description, with one warning
+    naming it; the rest of the docs refresh as usual."""
+    (project / "scripts" / "wip.py").write_text('"""Half written.\n\ndef broken(:\n')
+    (project / "src" / "models" / "draft.py").write_text("def f(:\n    pass\n")
+    capsys.readouterr()
+    assert update_docs.main(["--root", str(project)]) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 2 and all(line.startswith("warning: ") for line in warnings)
+    assert any("scripts/wip.py: could not read its description (SyntaxError" in w for w in warnings)
+    assert any("src/models/draft.py: could not read its description" in w for w in warnings)
+    text = (project / "CLAUDE.md").read_text()
+    assert "- `scripts/wip.py`\n" in text and "- `src/models/load.py` - " in text
+
+
+def test_stage_refreshes_and_stages_after_a_commit(project: Path):
+    """The post-commit hook's mode: the refreshed doc is staged (no unstaged change left, so
+    pre-commit shows no failure); a doc with the user's unstaged edits is left alone."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.org", "-C", str(project)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init", "--no-verify"], check=True)
+    (project / "configs" / "new_experiment.yaml").write_text("experiment:\n  name: new\n")
+    assert update_docs.main(["--root", str(project), "--stage"]) == 0
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    assert "M  CLAUDE.md" in status.stdout.splitlines()  # staged, nothing unstaged in it
+    assert "`configs/new_experiment.yaml`" in (project / "CLAUDE.md").read_text()
+
+    subprocess.run([*git, "commit", "-qm", "docs", "--no-verify"], check=True)
+    claude = project / "CLAUDE.md"
+    claude.write_text(claude.read_text() + "\nMy own note.\n")
+    (project / "configs" / "other.yaml").write_text("experiment:\n  name: other\n")
+    assert update_docs.main(["--root", str(project), "--stage"]) == 0
+    assert "`configs/other.yaml`" not in claude.read_text()  # the user's edits win
+    assert claude.read_text().endswith("My own note.\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("IOI (Wang et al. 2022, the paper). More text.", "IOI (Wang et al. 2022, the paper)."),
+        ("Pick a model, e.g. GPT-2. Then run.", "Pick a model, e.g. GPT-2."),
+        ("Graph (EAP-IG's. Hanna et al. 2024). Next.", "Graph (EAP-IG's. Hanna et al. 2024)."),
+        ("One line, no period", "One line, no period"),
+    ],
+)
+def test_first_sentence_is_never_cut_at_an_abbreviation(text, first):
+    assert update_docs.first_sentence(text) == first

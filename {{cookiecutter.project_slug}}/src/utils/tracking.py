@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 {%- if cookiecutter.experiment_tracking == "wandb" %}
+import logging
+import netrc
 import os
 {%- endif %}
 import platform
@@ -18,10 +20,16 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+from urllib.parse import urlparse
+{%- endif %}
 
 from src.utils.files import PROJECT_ROOT, write_text_atomic
 
 PACKAGES = ("torch", "transformer-lens", "numpy")
+{%- if cookiecutter.experiment_tracking == "wandb" %}
+logger = logging.getLogger(__name__)
+{%- endif %}
 
 
 def log_experiment(
@@ -104,12 +112,33 @@ def _git(cwd: str | Path, *args: str) -> str:
 {%- if cookiecutter.experiment_tracking == "wandb" %}
 
 
+WANDB_FIX = "run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline to log locally"
+WANDB_NOT_LOGGED_IN = f"W&B: not logged in, so this run is in its JSON log only; {WANDB_FIX}"
+
+
+def wandb_ready() -> bool:
+    """Whether wandb can log without asking for a key: offline or disabled mode, an API key in
+    the environment, or one that `wandb login` saved in ~/.netrc (or $NETRC)."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def log_to_wandb(
     name: str, config: Mapping[str, Any], results: Mapping[str, Any], tags: list[str] | None = None
 ) -> None:
     """Log one run to Weights & Biases: the config, and the numeric results (nested keys
     joined with "/"). Project from ``$WANDB_PROJECT`` (default "mech-interp"); honours
     ``WANDB_MODE=offline`` and ``WANDB_DIR``."""
+    if not wandb_ready():
+        logger.warning(WANDB_NOT_LOGGED_IN)
+        return
     import wandb
 
     def numeric(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -121,13 +150,17 @@ def log_to_wandb(
                 flat[f"{prefix}{key}"] = value
         return flat
 
-    run = wandb.init(
-        project=os.environ.get("WANDB_PROJECT", "mech-interp"),
-        name=name,
-        config=dict(config),
-        tags=list(tags or []),
-        dir=os.environ.get("WANDB_DIR"),  # read per run: wandb caches its settings per process
-    )
+    try:
+        run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "mech-interp"),
+            name=name,
+            config=dict(config),
+            tags=list(tags or []),
+            dir=os.environ.get("WANDB_DIR"),  # read per run: wandb caches its settings per process
+        )
+    except Exception as error:  # the JSON log is written: W&B trouble must not fail the run
+        logger.warning(f"W&B: run not logged ({type(error).__name__}: {error}); {WANDB_FIX}")
+        return
     try:
         run.log(numeric(results))
     finally:
