@@ -1,7 +1,7 @@
 """The layering rule of src/, as the folders' docstrings state it, holds for every file.
 
 Imports run one way: utils, models and data (foundation) <- analysis (methods) <- experiments
-(runners) <- visualization (figures) <- scripts. A lower layer never imports a higher one, not
+(runners) <- visualization (figures) <- scale (sweeps and launchers) <- scripts. A lower layer never imports a higher one, not
 even inside a function; no experiment imports another; visualization loads no model.
 """
 
@@ -15,7 +15,15 @@ import pytest
 from src.experiments.registry import SHARED_MODULES
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = {"utils": 0, "models": 0, "data": 0, "analysis": 1, "experiments": 2, "visualization": 3}
+LAYERS = {
+    "utils": 0,
+    "models": 0,
+    "data": 0,
+    "analysis": 1,
+    "experiments": 2,
+    "visualization": 3,
+    "scale": 4,
+}
 # Modules of src/experiments that are not experiment kinds (the registry skips them): any
 # kind may import them.
 EXPERIMENT_SHARED = set(SHARED_MODULES)
