@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,10 @@ from src.data.activation_cache import CacheError, cache_activations, open_cache
 from src.data.induction import make_induction_dataset
 from src.data.shards import cache_shard, merge_shards, shard_files
 from src.models.toy import TOY_BOS_TOKEN_ID
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
+import cache_activations as cli  # noqa: E402
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z"]
 N_SEQ, SHARD_TOKENS, BATCH = 12, 4 * 32, 3  # one-process files of 4 sequences: 4, 4, 4
@@ -215,3 +221,105 @@ def test_merge_and_shards_after_the_merge_change_nothing(toy_model, tokens, unme
     assert merge_shards(unmerged) == unmerged  # checked, left as it is
     shard(toy_model, tokens, unmerged, 1, 3)  # a task run again after the merge
     assert {p.name: p.stat().st_mtime_ns for p in unmerged.iterdir()} == files
+
+
+# --- scripts/cache_activations.py ------------------------------------------------------------
+
+TOY = ["--model", "toy-induction", "--layer", "1", "--hook-point", "resid_pre,z", "--device", "cpu"]
+SIZES = ["--n-tokens", "384", "--shard-tokens", "128", "--batch-size", "3"]  # 12 sequences
+
+
+def test_cli_shards_on_the_debug_launcher_merge_into_the_one_process_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*TOY, *SIZES, "--out-dir", "one"]) == 0
+    sharded_args = ["--n-shards", "5", "--launcher", "debug", "--out-dir", "five"]
+    assert cli.main([*TOY, *SIZES, *sharded_args]) == 0
+    one, five = open_cache("one"), open_cache("five")
+    for name in ["blocks.1.hook_resid_pre", "blocks.1.attn.hook_z"]:
+        assert torch.equal(five.load(name), one.load(name))
+    assert five.metadata["command"].endswith("--launcher debug --out-dir five")
+    assert len(five.shard_paths) == 6 and not list(Path("five").glob("task_*"))
+
+
+def test_cli_one_shard_at_a_time_then_merge(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = ["--out-dir", "c"]
+    assert cli.main([*TOY, *SIZES, *out, "--n-shards", "2", "--shard", "1"]) == 0
+    assert cli.main([*TOY, *SIZES, *out, "--merge"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == "error: c: shard 0 of 2 (task_00000.json) is missing; run it again: " + (
+        "--shard 0 --n-shards 2"
+    )
+    assert not Path("c/metadata.json").exists()
+    assert cli.main([*TOY, *SIZES, *out, "--n-shards", "2", "--shard", "0"]) == 0
+    assert cli.main(["--merge", *out, *TOY, *SIZES]) == 0
+    assert open_cache("c").n_tokens == 384
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-shards", "13"], "--n-shards 13 is more than the 12 sequences to cache: at most 12"),
+        (["--n-shards", "13", "--shard", "0"], "--n-shards 13 is more than the 12 sequences"),
+        (["--shard", "0"], "--shard needs --n-shards"),
+        (["--n-shards", "2", "--shard", "2"], "--shard 2 is out of range: 0-1"),
+        (["--launcher", "debug"], "--launcher runs the N tasks of --n-shards N"),
+        (["--n-shards", "2", "--launcher", "lsf"], "unknown launcher 'lsf'; known: local"),
+        (["--merge"], "no shards to merge"),
+    ],
+)
+def test_cli_bad_shard_flags_are_one_line_and_write_nothing(
+    tmp_path, monkeypatch, capsys, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*TOY, *SIZES, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not Path("data").exists()
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project's docs (this one's AGENTS.md and CLAUDE.md) in a git repository."""
+    root = tmp_path / "project"
+    (root / "data" / "activations").mkdir(parents=True)
+    for doc in ("AGENTS.md", "CLAUDE.md"):
+        shutil.copy(PROJECT_ROOT / doc, root / doc)
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "docs"], check=True)
+    return root
+
+
+def git_status(root: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True
+    ).stdout
+
+
+def test_caching_touches_only_the_cache_list_and_only_when_it_changes(toy_model, tokens, project):
+    claude = project / "CLAUDE.md"
+    stale = claude.read_text().replace(
+        "<!-- /generated:commands -->", "stale\n<!-- /generated:commands -->"
+    )
+    claude.write_text(stale)  # another generated section out of date: not the cache's business
+    subprocess.run(["git", "-C", str(project), "commit", "-qam", "stale"], check=True)
+    elsewhere = cache_activations(
+        toy_model, tokens, HOOKS, project / "scratch" / "c", metadata=META
+    )
+    assert cli.refresh_cache_docs(elsewhere, project) == []  # not where the docs look
+
+    cache = cache_activations(
+        toy_model, tokens, HOOKS, project / "data/activations/c", metadata=META
+    )
+    changed = cli.refresh_cache_docs(cache, project)
+    assert changed and claude.read_text().count("stale\n") == 1
+    listed = [doc for doc in changed if "`data/activations/c/` - toy-induction" in doc.read_text()]
+    assert listed == changed
+    subprocess.run(["git", "-C", str(project), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(project), "commit", "-qm", "cache"], check=True)
+    times = {doc: doc.stat().st_mtime_ns for doc in changed}
+    assert cli.refresh_cache_docs(cache, project) == []  # the same cache again: nothing
+    assert {doc: doc.stat().st_mtime_ns for doc in changed} == times
+    assert git_status(project) == ""
