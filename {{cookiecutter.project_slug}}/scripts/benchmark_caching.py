@@ -1,6 +1,7 @@
 """Benchmark activation caching: throughput against a bare forward, and peak memory.
 
     python scripts/benchmark_caching.py --model both --device auto [--threads 2]
+    python scripts/benchmark_caching.py --model toy --sharded --no-throughput --no-rss
 
 Throughput (one process, the same token batches, best of --repeats, run in turn):
 - bare: ``model(tokens)``, the full forward with logits, no hooks;
@@ -12,12 +13,13 @@ storing alone. Caching stops at the hook, so it can beat the full forward.
 Peak RSS: ``cache_activations`` at two cache sizes 10x apart, each in a fresh subprocess that
 reports its own peak resident memory (ru_maxrss); goal: within 10%.
 
-Sharded (src/data/shards.py): the same cache written by one task (``cache_activations``,
-torch's default threads) and by --n-shards tasks (``cache_shard``, then ``merge_shards``),
-each task a process of the local launcher (``src.scale.launchers``) using its share of the
-cores (1 thread each for 2 tasks on 2 cores). 'wall' runs from submitting to the merged
-cache, process start, imports and model load included; 'caching' counts the slowest task's
-caching alone. Goal: 2 shards over 2 tasks >= 1.5x one process on a 2-core machine.
+Sharded (--sharded; src/data/shards.py): the same cache written by one task
+(``cache_activations``, torch's default threads) and by --n-shards tasks (``cache_shard``,
+then ``merge_shards``), each task a process of the local launcher (``src.scale.launchers``)
+using its share of the cores (1 thread each for 2 tasks on 2 cores). 'wall' runs from
+submitting to the merged cache, process start, imports and model load included; 'caching'
+counts the slowest task's caching alone. Goal: 2 shards over 2 tasks >= 1.5x one process on
+a 2-core machine.
 
 Models: the trained toy (``toy-induction``) and a random-init model of GPT-2 small's shape
 (12 layers, d_model 768; no download), with random tokens.
@@ -90,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sharded-tokens", type=int, help="tokens of the sharded table (default: per model)"
     )
-    parser.add_argument("--no-sharded", action="store_true", help="skip the sharded table")
+    parser.add_argument(
+        "--sharded", action="store_true", help="add the sharded table (minutes: processes)"
+    )
     parser.add_argument("--no-throughput", action="store_true", help="skip the first table")
     parser.add_argument("--tmp-dir", type=Path, help="where caches are written (default: /tmp)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -363,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
             table += throughput_rows(kind, args)
         if not args.no_rss:
             memory += rss_rows(kind, args)
-        if not args.no_sharded:
+        if args.sharded:
             sharded += sharded_rows(kind, args)
     for done, rows in (
         (args.no_throughput, table),
         (args.no_rss, memory),
-        (args.no_sharded, sharded),
+        (not args.sharded, sharded),
     ):
         if not done:
             print("\n".join(rows), end="\n\n")
