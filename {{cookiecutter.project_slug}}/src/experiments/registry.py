@@ -78,10 +78,13 @@ def experiment_config() -> type[ExperimentConfig]:
 
 def load_config(path: str | Path) -> ExperimentConfig | SAETrainingConfig:
     """Load and validate a YAML config: a top-level ``sae`` section makes it an
-    SAETrainingConfig, anything else an experiment config of the registered kinds.
+    SAETrainingConfig, anything else an experiment config of the registered kinds. The
+    ``sweep:`` and ``launcher:`` sections of a sweep (``scripts/sweep.py``) are left out.
 
     Raises ConfigError (one line: file, dotted key, what is wanted) for a missing file,
     invalid YAML, unknown/missing keys, wrong types and out-of-range values.
     """
     raw = read_yaml(path)
+    # a sweep's sections (src/scale/sweeps.py): a single run runs the file's own values
+    raw = {key: value for key, value in raw.items() if key not in ("sweep", "launcher")}
     return validate(SAETrainingConfig if "sae" in raw else experiment_config(), raw, path)
