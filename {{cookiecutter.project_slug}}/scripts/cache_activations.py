@@ -369,19 +369,20 @@ def cache_sharded(
     settings: dict, out_dir: Path, args: argparse.Namespace, command: str, base: Any
 ) -> int:
     """Run the ``--n-shards`` tasks on the launcher, then merge; 1 if a task failed (its
-    log named; rerunning resumes the others' complete files)."""
-    from src.data.shards import merge_shards
+    log named; rerunning resumes the others' complete files). On Modal the cache lives on
+    the project's Volume (mounted as data/), so the merge runs there too."""
     from src.scale.launchers import launcher_from_args, map_tasks
 
     launcher = launcher_from_args(args, base)
     check_n_shards_early(settings, args.n_shards)
+    where = task_out_dir(out_dir, launcher.name)
     threads = task_threads(launcher, args.n_shards)
     tasks = [
         {
             "settings": settings,
             "index": index,
             "n_shards": args.n_shards,
-            "out_dir": str(out_dir.resolve()),
+            "out_dir": where,
             "shard_tokens": args.shard_tokens,
             "command": command,
             "threads": threads,
@@ -394,13 +395,12 @@ def cache_sharded(
         f"shards on launcher {launcher.name} into {out_dir}",
         file=sys.stderr,
     )
-    outcomes = map_tasks(run_shard, tasks, launcher, f"cache_{out_dir.name}")
+    name = f"cache_{out_dir.name}"
+    outcomes = map_tasks(run_shard, tasks, launcher, name)
     failed = [outcome for outcome in outcomes if not outcome.ok]
     for outcome in failed:
-        print(
-            f"shard {outcome.item['index']} failed: {outcome.error} (log: {outcome.log_path})",
-            file=sys.stderr,
-        )
+        log = f" (log: {outcome.log_path})" if outcome.log_path else ""
+        print(f"shard {outcome.item['index']} failed: {outcome.error}{log}", file=sys.stderr)
     if failed:
         print(
             f"{len(failed)} of {args.n_shards} shards failed; rerun the same command to "
@@ -408,8 +408,48 @@ def cache_sharded(
             file=sys.stderr,
         )
         return 1
-    merge_shards(out_dir, command=command)
+    merge = {"out_dir": where, "command": command}
+    if launcher.name != "modal":
+        merge_task(merge)
+        return 0
+    (outcome,) = map_tasks(merge_task, [merge], launcher, f"{name}_merge")
+    if not outcome.ok:
+        print(f"error: the merge on Modal failed: {outcome.error}", file=sys.stderr)
+        return 1
+    from src.scale.modal_app import VOLUME_NAME
+
+    inside = Path(where).relative_to("data")
+    print(
+        f"the cache is on the Modal Volume {VOLUME_NAME}: modal volume get {VOLUME_NAME} "
+        f"{inside.as_posix()} {out_dir}",
+        file=sys.stderr,
+    )
     return 0
+
+
+def merge_task(task: dict) -> str:
+    """The merge as a task (on Modal, where the shards are): ``merge_shards``."""
+    from src.data.shards import merge_shards
+
+    return str(merge_shards(task["out_dir"], command=task["command"]))
+
+
+def task_out_dir(out_dir: Path, launcher: str) -> str:
+    """The cache folder as the tasks see it: absolute here and on SLURM (a shared file
+    system), relative to the project on Modal, where only data/ persists (the Volume)."""
+    path = out_dir.resolve()
+    if launcher != "modal":
+        return str(path)
+    try:
+        inside = path.relative_to(PROJECT_ROOT)
+    except ValueError:
+        inside = None
+    if inside is None or inside.parts[:1] != ("data",):
+        raise ValueError(
+            f"--launcher modal writes to the Modal Volume mounted as data/: --out-dir must lie "
+            f"in this project's data/, not {out_dir}"
+        )
+    return inside.as_posix()
 
 
 def main(argv: list[str] | None = None) -> int:

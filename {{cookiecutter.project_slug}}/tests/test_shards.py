@@ -256,6 +256,34 @@ def test_cli_one_shard_at_a_time_then_merge(tmp_path, monkeypatch, capsys):
     assert open_cache("c").n_tokens == 384
 
 
+def test_cli_on_modal_caches_and_merges_on_the_volume(tmp_path, monkeypatch, capsys):
+    """Modal's tasks (faked: run here, in a folder standing for the container's project,
+    whose data/ is the Volume) get the cache folder relative to the project, and the merge
+    runs there too."""
+    from src.scale import launchers
+
+    volume_side, calls = tmp_path / "container", []
+
+    def map_tasks(fn, items, launcher, name, progress=True):
+        calls.append((launcher.name, fn.__name__, [item["out_dir"] for item in items]))
+        with monkeypatch.context() as m:
+            m.chdir(volume_side)
+            return [launchers.TaskOutcome(item, True, fn(item)) for item in items]
+
+    volume_side.mkdir()
+    monkeypatch.setattr(launchers, "map_tasks", map_tasks)
+    monkeypatch.chdir(PROJECT_ROOT)
+    out = "data/activations/modal-test"
+    args = [*TOY, *SIZES, "--n-shards", "2", "--launcher", "modal", "--out-dir", out]
+    assert cli.main(args) == 0
+    assert calls == [("modal", "run_shard", [out, out]), ("modal", "merge_task", [out])]
+    assert open_cache(volume_side / out).n_tokens == 384
+    assert "modal volume get" in capsys.readouterr().err
+    assert not (PROJECT_ROOT / out).exists()
+    assert cli.main([*args[:-1], str(tmp_path / "elsewhere")]) == 2
+    assert "--out-dir must lie in this project's data/" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
