@@ -516,14 +516,15 @@ def refresh_cache_docs(out_dir: Path | None, root: Path = PROJECT_ROOT) -> list[
     whenever any other section had drifted (results, key files), and a throwaway cache left
     the tree dirty. What a cache changes is that list, and the list shows data/activations/
     only: a cache anywhere else (``--out-dir /tmp/...``, a benchmark, a test) leaves the docs
-    alone. Shard tasks never touch them (N tasks would race on the files): the merge does.
+    alone. Shard tasks never touch them (N tasks would race on the files): the merge does,
+    once the folder has its metadata.json.
     """
     import update_docs
 
     from src.utils.files import write_text_atomic
 
-    if out_dir is None or not Path(out_dir).is_dir():
-        return []
+    if out_dir is None or not (Path(out_dir) / "metadata.json").is_file():
+        return []  # no cache here (yet): shards not merged, or nothing written
     documented = (root / "data" / "activations").resolve()
     if Path(out_dir).resolve().parent != documented:
         return []

@@ -326,7 +326,9 @@ def git_status(root: Path) -> str:
     ).stdout
 
 
-def test_caching_touches_only_the_cache_list_and_only_when_it_changes(toy_model, tokens, project):
+def test_caching_touches_only_the_cache_list_and_only_when_it_changes(
+    toy_model, tokens, project, three_shards
+):
     claude = project / "CLAUDE.md"
     stale = claude.read_text().replace(
         "<!-- /generated:commands -->", "stale\n<!-- /generated:commands -->"
@@ -337,6 +339,9 @@ def test_caching_touches_only_the_cache_list_and_only_when_it_changes(toy_model,
         toy_model, tokens, HOOKS, project / "scratch" / "c", metadata=META
     )
     assert cli.refresh_cache_docs(elsewhere, project) == []  # not where the docs look
+    shards = shutil.copytree(three_shards, project / "data/activations/shards")
+    assert cli.refresh_cache_docs(shards, project) == []  # not merged yet: no cache
+    shutil.rmtree(shards)
 
     cache = cache_activations(
         toy_model, tokens, HOOKS, project / "data/activations/c", metadata=META

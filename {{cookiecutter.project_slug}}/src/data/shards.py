@@ -161,8 +161,9 @@ def _resume_record(
     out_dir: Path, index: int, n_shards: int, settings: dict, files: list[tuple]
 ) -> dict[str, Any] | None:
     """The record of shard ``index`` to continue (None: none yet), after checking that the
-    folder's other shards agree (settings, ``n_shards``) and removing what a killed run of
-    this shard left: temporary files, and files written but not in its record or damaged."""
+    folder's other shards agree (settings, ``n_shards``) and removing the temporary files a
+    killed run of this shard left. Its record keeps the files that are complete; the others
+    (not yet recorded, missing, damaged) are computed again and replaced."""
     record = None
     for path in sorted(out_dir.glob("task_*.json")):
         other = _read_record(path)
@@ -187,8 +188,6 @@ def _resume_record(
                 kept.append(entry)
         except CacheError:
             pass  # missing or damaged: computed again
-    for name in mine - {entry["file"] for entry in kept}:
-        (out_dir / name).unlink(missing_ok=True)
     if record is not None:
         record["shards"] = kept
         record["tokens_done"] = sum(entry["n_sequences"] for entry in kept) * record["context_size"]
