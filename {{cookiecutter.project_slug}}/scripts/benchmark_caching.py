@@ -14,9 +14,10 @@ Peak RSS: ``cache_activations`` at two cache sizes 10x apart, each in a fresh su
 reports its own peak resident memory (ru_maxrss); goal: within 10%.
 
 Sharded (--sharded; src/data/shards.py): the same cache written by one task
-(``cache_activations``, torch's default threads) and by --n-shards tasks (``cache_shard``,
-then ``merge_shards``), each task a process of the local launcher (``src.scale.launchers``)
-using its share of the cores (1 thread each for 2 tasks on 2 cores). 'wall' runs from
+(``cache_activations``; torch's default threads, then 1 thread for reference) and by
+--n-shards tasks (``cache_shard``, then ``merge_shards``), each task a process of the local
+launcher (``src.scale.launchers``) using its share of the cores (1 thread each for 2 tasks
+on 2 cores). 'wall' runs from
 submitting to the merged cache, process start, imports and model load included; 'caching'
 counts the slowest task's caching alone. Goal: 2 shards over 2 tasks >= 1.5x one process on
 a 2-core machine.
@@ -273,7 +274,8 @@ def shard_task(task: dict) -> dict:
 
 
 def sharded_rows(kind: str, args: argparse.Namespace) -> list[str]:
-    """One process against ``args.n_shards`` tasks on the local launcher, best of repeats."""
+    """One process (torch's default threads, then 1 thread) against ``args.n_shards`` tasks
+    on the local launcher, best of repeats; ratios against the first."""
     import os
 
     from src.data.shards import merge_shards
@@ -292,41 +294,41 @@ def sharded_rows(kind: str, args: argparse.Namespace) -> list[str]:
         "shard_tokens": args.shard_tokens,
     }
     threads = max(1, (os.cpu_count() or 1) // n_shards)  # what cache_activations.py gives
-    best: dict[int, tuple[float, float, int]] = {}
+    runs = {  # label: (tasks, torch threads per task; None: torch's default)
+        "one process": (1, None),
+        "one process, 1 thread": (1, 1),
+        f"{n_shards} shards": (n_shards, threads),
+    }
+    best: dict[str, tuple[float, float, int]] = {}
     try:
         for repeat in range(args.repeats):
-            for n in (1, n_shards):  # in turn, so that load on the machine hits both alike
-                out = root / f"cache_{n}_{repeat}"
+            for label, (n, n_threads) in runs.items():  # in turn: load hits all alike
+                out = root / f"cache_{repeat}"
                 tasks = [
-                    base
-                    | {"out_dir": str(out), "index": i, "n_shards": n}
-                    | {"threads": None if n == 1 else threads}
+                    base | {"out_dir": str(out), "index": i, "n_shards": n, "threads": n_threads}
                     for i in range(n)
                 ]
                 start = time.perf_counter()
                 outcomes = map_tasks(shard_task, tasks, launcher, f"bench_{n}", progress=False)
-                failed = [o.error for o in outcomes if not o.ok]
+                failed = [o for o in outcomes if not o.ok]
                 if failed:
-                    raise RuntimeError(f"a task failed: {failed[0]} ({outcomes[0].log_path})")
+                    raise RuntimeError(f"a task failed: {failed[0].error} ({failed[0].log_path})")
                 if n > 1:
                     merge_shards(out)
                 wall = time.perf_counter() - start
                 cache = max(o.result["cache_s"] for o in outcomes)
                 shutil.rmtree(out, ignore_errors=True)
-                old = best.get(n, (float("inf"), float("inf"), 0))
-                best[n] = (min(old[0], wall), min(old[1], cache), outcomes[0].result["threads"])
+                old = best.get(label, (float("inf"), float("inf"), 0))
+                best[label] = (min(old[0], wall), min(old[1], cache), outcomes[0].result["threads"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     n_tok = args.sharded_tokens // args.context * args.context
-    one_wall, one_cache, _ = best[1]
-    rows = []
-    for n, (wall, cache, task_threads) in best.items():
-        label = "one process" if n == 1 else f"{n} shards"
-        rows.append(
-            f"| {kind} | {label} | {n} x {task_threads} | {n_tok} | {n_tok / wall:,.0f} "
-            f"| {n_tok / cache:,.0f} | {one_wall / wall:.2f} | {one_cache / cache:.2f} |"
-        )
-    return rows
+    one_wall, one_cache, _ = best["one process"]
+    return [
+        f"| {kind} | {label} | {runs[label][0]} x {task_threads} | {n_tok} | {n_tok / wall:,.0f} "
+        f"| {n_tok / cache:,.0f} | {one_wall / wall:.2f} | {one_cache / cache:.2f} |"
+        for label, (wall, cache, task_threads) in best.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
