@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cookiecutter.main import cookiecutter
+from slurm_cluster import slurm_cluster  # noqa: F401  (a fixture: a real single-node SLURM)
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

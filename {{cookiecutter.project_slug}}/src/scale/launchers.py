@@ -19,6 +19,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,7 +127,11 @@ def map_tasks(
         for start in range(0, len(items), wave):
             chunk = items[start : start + wave]
             jobs = executor.map_array(fn, chunk)
-            outcomes += [_outcome(job, item) for job, item in zip(jobs, chunk, strict=True)]
+            lost = _wait_in_queue(jobs) if launcher.name == "slurm" else set()
+            outcomes += [
+                _lost(job, item) if i in lost else _outcome(job, item)
+                for i, (job, item) in enumerate(zip(jobs, chunk, strict=True))
+            ]
             if progress:
                 done = sum(o.ok for o in outcomes)
                 print(f"{name}: {done}/{len(outcomes)} tasks ok", file=sys.stderr)
@@ -143,6 +148,40 @@ def _outcome(job: Any, item: Any) -> TaskOutcome:
     if error is None:
         return TaskOutcome(item, True, job.result(), log_path=stderr)
     return TaskOutcome(item, False, error=_last_line(error), log_path=stderr)
+
+
+def _wait_in_queue(jobs: list[Any], poll_s: float = 1.0, grace_s: float = 5.0) -> set[int]:
+    """Wait until every SLURM job has its result file or has left the queue; return the
+    indices of those that left without one (scancel, time limit, node lost). submitit alone
+    asks ``sacct``, which clusters without accounting lack, and would wait for them forever."""
+    import subprocess
+
+    pending, gone_since, lost = set(range(len(jobs))), {}, set()
+    while pending:
+        listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+        queued = set(listed.stdout.split()) if listed.returncode == 0 else None
+        now = time.monotonic()
+        for i in sorted(pending):
+            if Path(jobs[i].paths.result_pickle).exists():
+                pending.discard(i)
+            elif (
+                queued is not None
+                and jobs[i].job_id not in queued
+                and now - gone_since.setdefault(i, now) > grace_s  # its result may be on the way
+            ):
+                pending.discard(i)
+                lost.add(i)
+        if pending:
+            time.sleep(poll_s)
+    return lost
+
+
+def _lost(job: Any, item: Any) -> TaskOutcome:
+    error = (
+        f"job {job.job_id} left the queue without a result (cancelled, out of time or its "
+        "node lost)"
+    )
+    return TaskOutcome(item, False, error=error, log_path=Path(job.paths.stderr))
 
 
 def _last_line(error: BaseException) -> str:
