@@ -138,7 +138,6 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "device": "auto",
         "model_dtype": "float32",
         "dtype": None,
-        "launcher": None,
     }
     if args.config is not None:
         cfg = load_config(args.config)
@@ -156,7 +155,6 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             "device": cfg.model.device,
             "model_dtype": cfg.model.dtype,
             "dtype": cfg.data.dtype,
-            "launcher": getattr(cfg, "launcher", None),  # the config's launcher: section
         }
     for key in ("model", "layer", "hook_point", "dataset", "path", "n_tokens", "context_size"):
         if getattr(args, key) is not None:
@@ -185,6 +183,19 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     settings["batch_size"] = args.batch_size  # sizes the memory check before loading
     return settings
+
+
+def launcher_section(path: Path) -> Any:
+    """The ``launcher:`` section of YAML file ``path`` (a LauncherConfig; None without one),
+    the base that the launcher flags override: the --config's, else configs/project.yaml's
+    (set from the compute answer), as for scripts/sweep.py."""
+    from src.scale.launchers import LauncherConfig
+    from src.utils.validation import read_yaml, validate
+
+    if not Path(path).is_file():
+        return None
+    section = read_yaml(path).get("launcher")
+    return None if section is None else validate(LauncherConfig, section, path)
 
 
 def hook_names(model, layer: int, points: str) -> list[str]:
@@ -469,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_shard_flags(args)
         settings = resolve_settings(args)
-        launcher = settings.pop("launcher")
         _store_dtype(settings)  # a bad --dtype fails before anything loads
         out_dir = args.out_dir or default_out_dir(settings)
         if args.merge:
@@ -482,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
             print(run_shard(task | {"progress": True}))
             return 0  # a shard alone changes nothing the docs list
         elif args.n_shards is not None:
-            status = cache_sharded(settings, out_dir, args, command, launcher)
+            base = args.config and launcher_section(args.config)
+            base = base or launcher_section(PROJECT_ROOT / "configs" / "project.yaml")
+            status = cache_sharded(settings, out_dir, args, command, base)
         else:
             cache_one_process(settings, out_dir, args, command)
     except (

@@ -284,6 +284,21 @@ def test_cli_on_modal_caches_and_merges_on_the_volume(tmp_path, monkeypatch, cap
     assert "--out-dir must lie in this project's data/" in capsys.readouterr().err
 
 
+def test_cli_takes_the_launcher_from_the_config(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((PROJECT_ROOT / "configs" / "toy_sae_training.yaml").read_text())
+    config["launcher"] = {"name": "debug", "folder": "logs"}
+    Path("sharded.yaml").write_text(yaml.safe_dump(config))
+    args = ["--config", "sharded.yaml", "--n-tokens", "128", "--n-shards", "2", "--device", "cpu"]
+    assert cli.main([*args, "--out-dir", "c"]) == 0
+    assert "shards on launcher debug into c" in capsys.readouterr().err
+    assert open_cache("c").metadata["hook_names"] == ["blocks.0.hook_resid_pre"]
+    assert cli.main([*args, "--launcher", "lsf"]) == 2  # the flag overrides it
+    assert "unknown launcher 'lsf'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
