@@ -114,6 +114,30 @@ def node_state(env: dict[str, str]) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+def queue(env: dict[str, str]) -> list[str]:
+    """The cluster's jobs still in its queue (any state)."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env, timeout=10
+    )
+    return listed.stdout.split()
+
+
+def kill_step_daemons(conf: Path) -> None:
+    """Kill the slurmstepd processes of this cluster's jobs (their environment names
+    ``conf``) that outlived its slurmd: they would wait for it forever."""
+    mark = f"SLURM_CONF={conf}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "slurmstepd":
+                continue
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), 9)
+        except (OSError, ProcessLookupError):
+            continue
+
+
 @contextmanager
 def running_cluster(root: Path) -> Iterator[dict[str, str]]:
     """Start a single-node cluster whose files live in ``root`` (2 CPUs at most); yield the
@@ -154,6 +178,9 @@ def running_cluster(root: Path) -> Iterator[dict[str, str]]:
     finally:
         cancel = ["scancel", "--full", "--quiet", "-u", "root"]  # this cluster's jobs only
         subprocess.run(cancel, env=env, timeout=30, check=False)
+        deadline = time.monotonic() + 30  # jobs finish their steps, or their slurmstepd
+        while time.monotonic() < deadline and queue(env):  # waits for slurmd forever
+            time.sleep(0.5)
         for daemon in reversed(daemons):
             daemon.terminate()
         for daemon in reversed(daemons):
@@ -162,6 +189,7 @@ def running_cluster(root: Path) -> Iterator[dict[str, str]]:
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait(timeout=10)
+        kill_step_daemons(conf)
 
 
 @pytest.fixture(scope="session")

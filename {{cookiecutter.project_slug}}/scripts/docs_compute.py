@@ -33,6 +33,29 @@ def _memory(model: str, gpu_gb: float, weights_gb: float, seq: int, gb_per_1k: f
     )
 
 
+LAUNCHER_NOTES = {
+    "local": "processes on this machine",
+    "slurm": "a SLURM job array through submitit; run it on the cluster's login node",
+    "modal": "Modal's cloud GPUs; needs `pip install -e '.[modal]'` and `modal token new`",
+    "debug": "in one process, one point after another",
+}
+
+
+def _launcher(section: object) -> str:
+    """The launcher line: where `scripts/sweep.py` runs a sweep's points by default."""
+    section = section if isinstance(section, dict) else {}
+    name = str(section.get("name", "local"))
+    details = [
+        f"{k} {section[k]}" for k in ("partition", "gpus_per_task", "modal_gpu") if section.get(k)
+    ]
+    return (
+        f"- **Launcher**: sweeps (`scripts/sweep.py`) run on `{name}` "
+        f"({LAUNCHER_NOTES.get(name, 'unknown launcher')}{'; ' if details else ''}"
+        f"{', '.join(details)}), set in `{PROJECT_FILE}` `launcher:`; "
+        "`--launcher local|slurm|modal|debug` overrides it."
+    )
+
+
 def compute(root: Path) -> str:
     """Compute Resources: the GPU of configs/project.yaml, and what a full activation cache of
     its main model costs there (dimensions from src/models/families.yaml)."""
@@ -52,6 +75,7 @@ def compute(root: Path) -> str:
             f"`compute` and `gpu_memory_gb` ({error})."
         )
     seq = min(CACHE_SEQ_LEN, m.n_ctx)
+    launcher = _launcher(project.get("launcher"))
     gb_per_1k = m.cache_floats_per_token(seq) * 4 * 1000 / 1e9
     return "\n".join(
         [
@@ -61,5 +85,6 @@ def compute(root: Path) -> str:
             f"- **Activation caching**: a full cache for `{model}` uses ~{gb_per_1k:.3g} GB per 1k "
             f"tokens at sequence length {seq} (float32; attention patterns grow with seq^2); "
             f"one residual-stream hook uses {m.d_model * 4 * 1000 / 1e6:.2g} MB per 1k tokens.",
+            launcher,
         ]
     )

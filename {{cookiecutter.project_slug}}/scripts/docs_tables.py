@@ -8,6 +8,7 @@ KEY_FILE_GROUPS = {
         "src/analysis/*.py",
         "src/visualization/*.py",
         "src/utils/*.py",
+        "src/scale/*.py",
     ],
     "Scripts and Configs": ["scripts/*.py", "configs/*.yaml"],
     "Notebooks": ["notebooks/*.ipynb"],
@@ -66,6 +67,17 @@ COMMANDS = [
         "--sae gpt2-small-res-jb --layer 8 (a release, release/id or folder)",
         "python scripts/analyze_sae.py --sae data/results/sae_toy_l0/sae",
         "scripts/analyze_sae.py",
+    ),
+    (
+        "Sweep: every point of a config's sweep: section as one task (--launcher slurm: a job "
+        "array; modal: Modal's GPUs); done points are skipped, so rerun a killed sweep",
+        "python scripts/sweep.py --config configs/toy_induction_sweep.yaml --launcher local",
+        "configs/toy_induction_sweep.yaml",
+    ),
+    (
+        "SAE array: one SAE per layer (a task each); summary of explained variance, L0, dead latents",
+        "python scripts/sweep.py --config configs/toy_sae_training_sweep.yaml --launcher local",
+        "configs/toy_sae_training_sweep.yaml",
     ),
     (
         "Rebuild every figure from data/results/ into notebooks/figures/",

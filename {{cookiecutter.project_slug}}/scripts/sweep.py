@@ -98,15 +98,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def project_launcher() -> Any:
-    """The ``launcher:`` section of configs/project.yaml (set from the compute answer)."""
+def base_launcher(sweep: Any) -> Any:
+    """The launcher before the flags: configs/project.yaml's ``launcher:`` section (preset
+    from the compute answer), with the config's own ``launcher:`` keys over it."""
     from src.scale.launchers import LauncherConfig
     from src.utils.validation import read_yaml, validate
 
-    if not PROJECT_FILE.is_file():
-        return None
-    section = read_yaml(PROJECT_FILE).get("launcher")
-    return None if section is None else validate(LauncherConfig, section, PROJECT_FILE)
+    project = (read_yaml(PROJECT_FILE).get("launcher") or {}) if PROJECT_FILE.is_file() else {}
+    return validate(LauncherConfig, {**project, **sweep.launcher}, f"{sweep.path}: launcher")
 
 
 def cache_key(task: PointTask) -> str:
@@ -195,15 +194,16 @@ def headline(sweep: Any) -> tuple[str, ...]:
 
 
 def print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    """The summary's main columns, aligned."""
+    """The summary's main columns, aligned (a failure's error is listed after the table)."""
     shown = ["point", "status", *[c for c in columns if any(c in row for row in rows)]]
-    cells = [
-        [
-            str(row.get(c, "")) if not isinstance(row.get(c), float) else f"{row[c]:.4g}"
-            for c in shown
-        ]
-        for row in rows
-    ]
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row.get(column, "")
+        if column == "status":
+            return str(value).split(":")[0]
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(row, c) for c in shown] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(shown)]
     for r in [shown, *cells]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sweep = load_sweep(args.config)
-        launcher = launcher_from_args(args, sweep.launcher or project_launcher())
+        launcher = launcher_from_args(args, base_launcher(sweep))
         check_launcher(launcher)
     except (ConfigError, LauncherError) as e:
         print(f"error: {e}", file=sys.stderr)

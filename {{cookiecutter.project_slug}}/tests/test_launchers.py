@@ -94,3 +94,25 @@ def test_tasks_get_the_project_on_their_path(tmp_path):
     launcher = LauncherConfig(name="debug", folder=str(tmp_path))
     (outcome,) = map_tasks(os.getenv, ["PYTHONPATH"], launcher, "t", progress=False)
     assert outcome.result.split(os.pathsep)[1].endswith("scripts")
+
+
+def test_slurm_tasks_that_leave_the_queue_without_a_result_are_lost(tmp_path, monkeypatch):
+    """Without SLURM accounting (sacct) submitit would wait forever for a cancelled task:
+    a task gone from squeue without its result file is lost, one with its result is done."""
+    from types import SimpleNamespace
+
+    from src.scale.launchers import _wait_in_queue
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho 7_9\n")  # another task still queued
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "7_0.pkl").write_bytes(b"done")
+    jobs = [
+        SimpleNamespace(
+            job_id=job_id, paths=SimpleNamespace(result_pickle=tmp_path / f"{job_id}.pkl")
+        )
+        for job_id in ("7_0", "7_1")
+    ]
+    assert _wait_in_queue(jobs, poll_s=0.01, grace_s=0.05) == {1}

@@ -41,3 +41,21 @@ def test_function_body_runs_locally():
 def test_a_failing_task_is_an_answer_not_an_exception():
     ok, result, error = cloudpickle.loads(run_payload(cloudpickle.dumps((math.sqrt, -1.0))))
     assert (ok, result, error) == (False, None, "ValueError: math domain error")
+
+
+def test_modal_run_entrypoint_runs_the_sweep_script():
+    import modal
+
+    from src.scale import modal_app
+
+    assert isinstance(modal_app.main, modal.app.LocalEntrypoint)  # `modal run` finds it
+    command = modal_app.sweep_command("configs/toy_induction_sweep.yaml", "H100")
+    assert command[1:] == [
+        "scripts/sweep.py",
+        "--config",
+        "configs/toy_induction_sweep.yaml",
+        "--launcher",
+        "modal",
+        "--modal-gpu",
+        "H100",
+    ]

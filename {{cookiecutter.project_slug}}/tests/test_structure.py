@@ -1,8 +1,9 @@
 """The layering rule of src/, as the folders' docstrings state it, holds for every file.
 
 Imports run one way: utils, models and data (foundation) <- analysis (methods) <- experiments
-(runners) <- visualization (figures) <- scale (sweeps and launchers) <- scripts. A lower layer never imports a higher one, not
-even inside a function; no experiment imports another; visualization loads no model.
+(runners) <- visualization (figures) <- scale (sweeps and launchers) <- scripts. A lower layer
+never imports a higher one, not even inside a function; no experiment imports another;
+visualization loads no model.
 """
 
 from __future__ import annotations

@@ -49,7 +49,11 @@ def test_points_are_the_product_each_with_its_own_folder(tmp_path):
     assert point.config["data"]["seed"] == 1 and point.config["patching"]["layers"] == [1]
     assert point.config["output"]["results_dir"] == str(tmp_path / "results" / "sweep" / point.id)
     assert len({p.dir for p in sweep.points}) == 6
-    assert sweep.launcher == LauncherConfig(name="local", array_parallelism=2, timeout_min=30)
+    assert sweep.launcher == {"array_parallelism": 2, "timeout_min": 30}
+    launcher = sweep_script.base_launcher(sweep)  # over configs/project.yaml's
+    assert (launcher.array_parallelism, launcher.timeout_min) == (2, 30)
+    project = yaml.safe_load((ROOT / "configs" / "project.yaml").read_text())["launcher"]
+    assert launcher.name == project["name"]
 
 
 def test_a_single_run_of_a_sweep_config_runs_its_own_values(tmp_path):
@@ -217,3 +221,44 @@ def test_sae_array_trains_one_loadable_sae_per_point(tmp_path, capsys):
     for point in sweep.points:
         sae = SAE.load_from_disk(point.dir / "sae", device="cpu")
         assert sae.cfg.d_sae == 256
+
+
+def test_logs_of_points_run_elsewhere_are_copied_here(tmp_path, monkeypatch):
+    """Modal's tasks write into its Volume: the driver writes each point's returned log."""
+    from src.scale.launchers import TaskOutcome
+
+    path = write_config(tmp_path, "toy_induction_sweep", sweep={"seed": [0]})
+    sweep = load_sweep(path)
+    log = sweep.points[0].dir / "run.json"
+    text = json.dumps({"results": {"score": 1.0}})
+
+    def remote(fn, tasks, launcher, name, progress=True):
+        return [TaskOutcome(t, True, {"log": str(log), "log_text": text}) for t in tasks]
+
+    monkeypatch.setattr("src.scale.launchers.map_tasks", remote)
+    assert sweep_script.run_sweep(sweep, LauncherConfig(name="debug"), 8, "test") == {}
+    assert log.read_text() == text and summary_rows(sweep)[0]["score"] == 1.0
+
+
+def test_sae_points_sharing_a_cache_wait_for_the_one_that_makes_it(tmp_path, monkeypatch):
+    """Layer 0's first point fails: its group's other point does not race for the cache."""
+    ran: list[list[str]] = []
+
+    def fake_map(fn, tasks, launcher, name, progress=True):
+        from src.scale.launchers import TaskOutcome
+
+        ran.append([t.point_id for t in tasks])
+        # an existing file as the log: nothing to copy back
+        return [
+            TaskOutcome(t, t.point_id != "layer-0_k-2", {"log": t.config_path}, "boom")
+            for t in tasks
+        ]
+
+    monkeypatch.setattr("src.scale.launchers.map_tasks", fake_map)
+    path = write_config(
+        tmp_path, "toy_sae_training_sweep", sweep={"hook.layer": [0, 1], "sae.k": [2, 4]}
+    )
+    failed = sweep_script.run_sweep(load_sweep(path), LauncherConfig(name="debug"), 8, "test")
+    assert ran == [["layer-0_k-2", "layer-1_k-2"], ["layer-1_k-4"]]  # cache makers first
+    assert failed["layer-0_k-4"] == "not run: layer-0_k-2, which makes its cache, failed"
+    assert failed["layer-0_k-2"].startswith("boom")

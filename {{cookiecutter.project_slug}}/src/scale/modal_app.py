@@ -138,3 +138,24 @@ def map_on_modal(
 def _line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}"
+
+
+def sweep_command(config: str, gpu: str = "") -> list[str]:
+    """The sweep that ``modal run src/scale/modal_app.py --config X`` starts."""
+    command = [sys.executable, "scripts/sweep.py", "--config", config, "--launcher", "modal"]
+    return command + (["--modal-gpu", gpu] if gpu else [])
+
+
+try:  # `modal run src/scale/modal_app.py --config configs/x.yaml [--gpu A100]`
+    import modal as _modal
+except ImportError:  # the modal extra is not installed: the launcher says so when used
+    _modal = None
+if _modal is not None:
+    app = _modal.App(f"{PROJECT_NAME}-sweep")
+
+    @app.local_entrypoint()
+    def main(config: str, gpu: str = "") -> None:
+        """Run a config's sweep on Modal (as ``scripts/sweep.py --launcher modal`` does)."""
+        import subprocess
+
+        subprocess.run(sweep_command(config, gpu), cwd=PROJECT_ROOT, check=True)

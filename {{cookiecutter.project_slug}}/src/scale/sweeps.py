@@ -57,11 +57,8 @@ class Sweep:
     name: str
     keys: tuple[str, ...]
     points: tuple[SweepPoint, ...]
-    launcher: LauncherConfig | None
+    launcher: dict[str, Any]  # the config's launcher: keys (over configs/project.yaml's)
     root: Path  # {output.results_dir}/sweep
-
-    def schema(self) -> type[BaseModel]:
-        return config_schema(self.kind)
 
 
 def config_schema(kind: str) -> type[BaseModel]:
@@ -81,7 +78,8 @@ def load_sweep(path: str | Path) -> Sweep:
     raw = read_yaml(path)
     section = raw.pop(SWEEP_KEY, None)
     launcher_raw = raw.pop(LAUNCHER_KEY, None)
-    launcher = None if launcher_raw is None else validate(LauncherConfig, launcher_raw, path)
+    if launcher_raw is not None:  # checked now; merged over configs/project.yaml's later
+        validate(LauncherConfig, launcher_raw, f"{path}: launcher")
     kind = "sae" if "sae" in raw else "experiment"
     schema = config_schema(kind)
     if section is None:
@@ -112,7 +110,7 @@ def load_sweep(path: str | Path) -> Sweep:
         validate(schema, config, f"{path}: sweep point {point_id}")
         points.append(SweepPoint(point_id, values, config, root / point_id))
     name = base.experiment.name if kind == "experiment" else path.stem
-    return Sweep(path, kind, name, tuple(keys), tuple(points), launcher, root)
+    return Sweep(path, kind, name, tuple(keys), tuple(points), dict(launcher_raw or {}), root)
 
 
 def resolve_key(schema: type[BaseModel], raw: dict[str, Any], key: str, path: Path) -> str:
@@ -120,7 +118,9 @@ def resolve_key(schema: type[BaseModel], raw: dict[str, Any], key: str, path: Pa
     section of ``raw`` that has it. ConfigError naming the key when no field has it."""
     parts = str(key).split(".")
     if len(parts) == 1:
-        owners = [s for s in raw if s in schema.model_fields and parts[0] in _fields(schema, [s])]
+        owners = [
+            s for s in raw if s in schema.model_fields and parts[0] in (_fields(schema, [s]) or {})
+        ]
         if len(owners) == 1:
             parts = [owners[0], parts[0]]
     if (
