@@ -185,17 +185,19 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def launcher_section(path: Path) -> Any:
-    """The ``launcher:`` section of YAML file ``path`` (a LauncherConfig; None without one),
-    the base that the launcher flags override: the --config's, else configs/project.yaml's
-    (set from the compute answer), as for scripts/sweep.py."""
+def base_launcher(config: Path | None) -> Any:
+    """The launcher before the flags, as for scripts/sweep.py: configs/project.yaml's
+    ``launcher:`` section (preset from the compute answer) with the ``--config``'s own
+    ``launcher:`` keys over it; a LauncherConfig, or None when neither has one."""
     from src.scale.launchers import LauncherConfig
     from src.utils.validation import read_yaml, validate
 
-    if not Path(path).is_file():
-        return None
-    section = read_yaml(path).get("launcher")
-    return None if section is None else validate(LauncherConfig, section, path)
+    sections = {}
+    for path in (PROJECT_ROOT / "configs" / "project.yaml", config):
+        if path is not None and Path(path).is_file():
+            sections |= read_yaml(path).get("launcher") or {}
+    where = f"{config or 'configs/project.yaml'}: launcher"
+    return validate(LauncherConfig, sections, where) if sections else None
 
 
 def hook_names(model, layer: int, points: str) -> list[str]:
@@ -492,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run_shard(task | {"progress": True}))
             return 0  # a shard alone changes nothing the docs list
         elif args.n_shards is not None:
-            base = args.config and launcher_section(args.config)
-            base = base or launcher_section(PROJECT_ROOT / "configs" / "project.yaml")
-            status = cache_sharded(settings, out_dir, args, command, base)
+            status = cache_sharded(settings, out_dir, args, command, base_launcher(args.config))
         else:
             cache_one_process(settings, out_dir, args, command)
     except (
