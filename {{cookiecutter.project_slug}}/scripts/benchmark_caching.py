@@ -1,6 +1,7 @@
 """Benchmark activation caching: throughput against a bare forward, and peak memory.
 
     python scripts/benchmark_caching.py --model both --device auto [--threads 2]
+    python scripts/benchmark_caching.py --model toy --sharded --no-throughput --no-rss
 
 Throughput (one process, the same token batches, best of --repeats, run in turn):
 - bare: ``model(tokens)``, the full forward with logits, no hooks;
@@ -11,6 +12,15 @@ storing alone. Caching stops at the hook, so it can beat the full forward.
 
 Peak RSS: ``cache_activations`` at two cache sizes 10x apart, each in a fresh subprocess that
 reports its own peak resident memory (ru_maxrss); goal: within 10%.
+
+Sharded (--sharded; src/data/shards.py): the same cache written by one task
+(``cache_activations``; torch's default threads, then 1 thread for reference) and by
+--n-shards tasks (``cache_shard``, then ``merge_shards``), each task a process of the local
+launcher (``src.scale.launchers``) using its share of the cores (1 thread each for 2 tasks
+on 2 cores). 'wall' runs from
+submitting to the merged cache, process start, imports and model load included; 'caching'
+counts the slowest task's caching alone. Goal: 2 shards over 2 tasks >= 1.5x one process on
+a 2-core machine.
 
 Models: the trained toy (``toy-induction``) and a random-init model of GPT-2 small's shape
 (12 layers, d_model 768; no download), with random tokens.
@@ -34,7 +44,7 @@ import common  # noqa: E402, F401  (puts the project root on sys.path)
 
 # per model: hooks timed ((point, layer): src.models.hooks), context, tokens timed, batch
 # size, RSS sizes (small; large = 10x)
-PER_MODEL = ("hooks", "n_tokens", "batch_size", "rss_tokens", "shard_tokens")
+PER_MODEL = ("hooks", "n_tokens", "batch_size", "rss_tokens", "shard_tokens", "sharded_tokens")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "toy": {
         "hooks": [("resid_post", 1)],  # the last block: no early stop to gain from
@@ -43,6 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "rss_tokens": 2**17,
         "shard_tokens": 2**16,
+        "sharded_tokens": 2**22,
     },
     "gpt2-sized": {
         "hooks": [("resid_pre", 8), ("resid_post", 11)],
@@ -51,6 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "rss_tokens": 2**12,
         "shard_tokens": 2**11,
+        "sharded_tokens": 2**15,
     },
 }
 
@@ -77,6 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--shard-tokens", type=int, help="tokens per shard (default: per model)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS table")
+    parser.add_argument("--n-shards", type=int, default=2, help="tasks of the sharded table")
+    parser.add_argument(
+        "--sharded-tokens", type=int, help="tokens of the sharded table (default: per model)"
+    )
+    parser.add_argument(
+        "--sharded", action="store_true", help="add the sharded table (minutes: processes)"
+    )
+    parser.add_argument("--no-throughput", action="store_true", help="skip the first table")
     parser.add_argument("--tmp-dir", type=Path, help="where caches are written (default: /tmp)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -229,6 +249,88 @@ def rss_rows(kind: str, args: argparse.Namespace) -> list[str]:
     ] + [f"| {kind} | large / small peak | | | {b['peak_mib'] / a['peak_mib']:.3f} | |"]
 
 
+def shard_task(task: dict) -> dict:
+    """One task of the sharded table (module-level: the local launcher pickles it): make the
+    model and tokens, then cache shard ``index`` of ``n_shards`` (``n_shards`` 1: the
+    one-process ``cache_activations``); return its threads and its seconds."""
+    import torch
+
+    from src.data.activation_cache import cache_activations
+    from src.data.shards import cache_shard
+
+    if task["threads"]:
+        torch.set_num_threads(task["threads"])
+    model = make_model(task["kind"], task["device"])
+    tokens = random_tokens(model, task["n_tokens"], task["context"])
+    hooks, out = task["hooks"], task["out_dir"]
+    options = {"batch_size": task["batch_size"], "shard_tokens": task["shard_tokens"]}
+    start = time.perf_counter()
+    if task["n_shards"] == 1:
+        cache_activations(model, tokens, hooks, out, **options)
+    else:
+        cache_shard(model, tokens, hooks, out, task["index"], task["n_shards"], **options)
+    sync(next(model.parameters()).device)
+    return {"threads": torch.get_num_threads(), "cache_s": time.perf_counter() - start}
+
+
+def sharded_rows(kind: str, args: argparse.Namespace) -> list[str]:
+    """One process (torch's default threads, then 1 thread) against ``args.n_shards`` tasks
+    on the local launcher, best of repeats; ratios against the first."""
+    import os
+
+    from src.data.shards import merge_shards
+    from src.scale.launchers import LauncherConfig, map_tasks
+
+    n_shards = args.n_shards
+    root = Path(tempfile.mkdtemp(prefix="bench-sharded-", dir=args.tmp_dir))
+    launcher = LauncherConfig(name="local", array_parallelism=n_shards, folder=str(root / "logs"))
+    base = {
+        "kind": kind,
+        "device": args.device,
+        "n_tokens": args.sharded_tokens,
+        "context": args.context,
+        "hooks": args.hooks[:1],
+        "batch_size": args.batch_size,
+        "shard_tokens": args.shard_tokens,
+    }
+    threads = max(1, (os.cpu_count() or 1) // n_shards)  # what cache_activations.py gives
+    runs = {  # label: (tasks, torch threads per task; None: torch's default)
+        "one process": (1, None),
+        "one process, 1 thread": (1, 1),
+        f"{n_shards} shards": (n_shards, threads),
+    }
+    best: dict[str, tuple[float, float, int]] = {}
+    try:
+        for repeat in range(args.repeats):
+            for label, (n, n_threads) in runs.items():  # in turn: load hits all alike
+                out = root / f"cache_{repeat}"
+                tasks = [
+                    base | {"out_dir": str(out), "index": i, "n_shards": n, "threads": n_threads}
+                    for i in range(n)
+                ]
+                start = time.perf_counter()
+                outcomes = map_tasks(shard_task, tasks, launcher, f"bench_{n}", progress=False)
+                failed = [o for o in outcomes if not o.ok]
+                if failed:
+                    raise RuntimeError(f"a task failed: {failed[0].error} ({failed[0].log_path})")
+                if n > 1:
+                    merge_shards(out)
+                wall = time.perf_counter() - start
+                cache = max(o.result["cache_s"] for o in outcomes)
+                shutil.rmtree(out, ignore_errors=True)
+                old = best.get(label, (float("inf"), float("inf"), 0))
+                best[label] = (min(old[0], wall), min(old[1], cache), outcomes[0].result["threads"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    n_tok = args.sharded_tokens // args.context * args.context
+    one_wall, one_cache, _ = best["one process"]
+    return [
+        f"| {kind} | {label} | {runs[label][0]} x {task_threads} | {n_tok} | {n_tok / wall:,.0f} "
+        f"| {n_tok / cache:,.0f} | {one_wall / wall:.2f} | {one_cache / cache:.2f} |"
+        for label, (wall, cache, task_threads) in best.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -253,18 +355,29 @@ def main(argv: list[str] | None = None) -> int:
         "| model | hook | cache tokens | RSS before MiB | peak RSS MiB | caching tok/s |",
         "|---|---|---|---|---|---|",
     ]
+    sharded = [
+        "| model | run | tasks x threads | tokens | wall tok/s | caching tok/s | x one (wall) "
+        "| x one (caching) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     given = {k: getattr(args, k) for k in PER_MODEL}
     for kind in kinds:
         for key, value in given.items():
             setattr(args, key, value or default(kind, key))
         args.context = DEFAULTS[kind]["context"]
-        table += throughput_rows(kind, args)
+        if not args.no_throughput:
+            table += throughput_rows(kind, args)
         if not args.no_rss:
             memory += rss_rows(kind, args)
-    print("\n".join(table))
-    if not args.no_rss:
-        print()
-        print("\n".join(memory))
+        if args.sharded:
+            sharded += sharded_rows(kind, args)
+    for done, rows in (
+        (args.no_throughput, table),
+        (args.no_rss, memory),
+        (not args.sharded, sharded),
+    ):
+        if not done:
+            print("\n".join(rows), end="\n\n")
     return 0
 
 

@@ -7,13 +7,23 @@
         --dataset-path data/datasets/train.txt
     python scripts/cache_activations.py --config configs/sae_training.yaml --n-tokens 1000000
 
+Sharded (src/data/shards.py): N tasks each cache 1/N of the sequences, then a merge checks
+them and writes the metadata; the merged cache reads like, and holds the same values as, the
+one-process cache of the same flags:
+
+    python scripts/cache_activations.py ... --n-shards 8 --launcher slurm --partition gpu --gpus 1
+    python scripts/cache_activations.py ... --n-shards 8 --shard 3   # one task, by hand
+    python scripts/cache_activations.py ... --n-shards 8 --merge     # after all 8
+
 Writes data/activations/{model}_{layer}_{dataset}_{n_tokens}/ (shards + metadata.json; see
 src/data/activation_cache.py); for text, {dataset} is the source's short name (openwebtext,
 a file's stem). An interrupted run keeps its complete shards: rerun the same command to
-resume. Defaults (without --config): dataset "induction" for toy models and "text"
-otherwise, read from --dataset-path (a .txt or .jsonl file, a save_to_disk directory or a
-Hugging Face dataset id) or else the model's dataset in src/models/families.yaml (streamed
-from the Hub), 32768 tokens, context min(n_ctx, 128), the model's dtype.
+resume (a sharded run resumes each of its tasks). Defaults (without --config): dataset
+"induction" for toy models and "text" otherwise, read from --dataset-path (a .txt or .jsonl
+file, a save_to_disk directory or a Hugging Face dataset id) or else the model's dataset in
+src/models/families.yaml (streamed from the Hub), 32768 tokens, context min(n_ctx, 128), the
+model's dtype. Only a cache in this project's data/activations/ is listed in the docs
+(AGENTS.md / CLAUDE.md, Cached Activations); see ``refresh_cache_docs``.
 """
 
 from __future__ import annotations
@@ -26,9 +36,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, however run
 from common import (  # noqa: E402  (puts the project root on sys.path too)
+    PROJECT_ROOT,
     add_dataset_path_argument,
     check_fits_before_loading,
-    refresh_docs,
 )
 
 DEFAULT_N_TOKENS = 32_768
@@ -77,9 +87,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out-dir",
         type=Path,
-        help="cache folder (default data/activations/{model}_{layer}_{dataset}_{n_tokens})",
+        help="cache folder (default data/activations/{model}_{layer}_{dataset}_{n_tokens}; "
+        "a folder elsewhere, e.g. /tmp/..., for a throwaway cache the docs do not list)",
     )
+    shards = parser.add_argument_group("sharded caching (src/data/shards.py)")
+    shards.add_argument(
+        "--n-shards",
+        type=int,
+        help="split the sequences into N shards, run as N tasks on --launcher (default local), "
+        "then merged; at most one per sequence",
+    )
+    shards.add_argument("--shard", type=int, help="run only shard I (0 to N-1) of --n-shards N")
+    shards.add_argument(
+        "--merge", action="store_true", help="merge the shards of --n-shards N (after all ran)"
+    )
+    from src.scale.launchers import add_launcher_arguments
+
+    add_launcher_arguments(parser)
     return parser.parse_args(argv)
+
+
+def check_shard_flags(args: argparse.Namespace) -> None:
+    """ValueError (one line) for sharding flags that do not go together."""
+    if args.shard is not None and args.n_shards is None:
+        raise ValueError("--shard needs --n-shards")
+    if args.n_shards is not None and args.n_shards < 1:
+        raise ValueError(f"--n-shards must be >= 1, got {args.n_shards}")
+    if args.shard is not None and not 0 <= args.shard < args.n_shards:
+        raise ValueError(f"--shard {args.shard} is out of range: 0-{args.n_shards - 1}")
+    if args.merge and args.shard is not None:
+        raise ValueError("--merge and --shard are separate steps: merge after every shard ran")
+    if args.launcher is not None and (args.n_shards is None or args.shard is not None):
+        raise ValueError("--launcher runs the N tasks of --n-shards N (and not with --shard)")
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
@@ -144,6 +183,21 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
     settings["batch_size"] = args.batch_size  # sizes the memory check before loading
     return settings
+
+
+def base_launcher(config: Path | None) -> Any:
+    """The launcher before the flags, as for scripts/sweep.py: configs/project.yaml's
+    ``launcher:`` section (preset from the compute answer) with the ``--config``'s own
+    ``launcher:`` keys over it; a LauncherConfig, or None when neither has one."""
+    from src.scale.launchers import LauncherConfig
+    from src.utils.validation import read_yaml, validate
+
+    sections = {}
+    for path in (PROJECT_ROOT / "configs" / "project.yaml", config):
+        if path is not None and Path(path).is_file():
+            sections |= read_yaml(path).get("launcher") or {}
+    where = f"{config or 'configs/project.yaml'}: launcher"
+    return validate(LauncherConfig, sections, where) if sections else None
 
 
 def hook_names(model, layer: int, points: str) -> list[str]:
@@ -221,58 +275,283 @@ def cache_metadata(settings: dict, command: str) -> dict:
     return metadata
 
 
+def default_out_dir(settings: dict) -> Path:
+    """data/activations/{model}_{layer}_{dataset}_{n_tokens} (relative to the working folder)."""
+    from src.data.activation_cache import cache_name
+    from src.data.text_sources import dataset_short_name
+
+    dataset = dataset_short_name(settings["dataset"], settings["path"])
+    name = cache_name(settings["model"], settings["layer"], dataset, settings["n_tokens"])
+    return Path("data/activations") / name
+
+
+def cache_one_process(settings: dict, out_dir: Path, args: argparse.Namespace, command: str):
+    """The cache in one process (resuming an interrupted one)."""
+    import torch
+
+    from src.data.activation_cache import cache_activations
+
+    store_dtype = _store_dtype(settings)
+    model, names, tokens = load_inputs(settings)
+    device = next(model.parameters()).device
+    print(
+        f"caching {tokens.numel()} tokens of {settings['model']} at {', '.join(names)} "
+        f"on {device} into {out_dir}",
+        file=sys.stderr,
+    )
+    with torch.no_grad():
+        cache_activations(
+            model,
+            tokens,
+            names,
+            out_dir,
+            batch_size=args.batch_size,
+            dtype=store_dtype,
+            shard_tokens=args.shard_tokens,
+            metadata=cache_metadata(settings, command),
+            progress=True,
+        )
+
+
+def _store_dtype(settings: dict) -> Any:
+    from src.models.load import parse_dtype
+
+    return parse_dtype(settings["dtype"]) if settings["dtype"] else None
+
+
+def run_shard(task: dict) -> str:
+    """One shard task, what ``--shard I --n-shards N`` runs (and what the launcher's tasks
+    run: a module-level function of plain data, so it pickles): load the model and the
+    tokens, cache the shard; return its record's path. ``task["threads"]``: torch threads
+    (tasks sharing a machine use their share of its cores, not all of them each)."""
+    import torch
+
+    from src.data.shards import cache_shard
+
+    if task.get("threads"):
+        torch.set_num_threads(task["threads"])
+    settings = dict(task["settings"])
+    store_dtype = _store_dtype(settings)
+    model, names, tokens = load_inputs(settings)
+    path = cache_shard(
+        model,
+        tokens,
+        names,
+        task["out_dir"],
+        task["index"],
+        task["n_shards"],
+        batch_size=settings["batch_size"],
+        dtype=store_dtype,
+        shard_tokens=task["shard_tokens"],
+        metadata=cache_metadata(settings, task["command"]),
+        progress=task.get("progress", False),
+    )
+    return str(path)
+
+
+def check_n_shards_early(settings: dict, n_shards: int) -> None:
+    """The shard count against the sequences before any task starts, when the context size
+    is known without loading the model (else each task checks it)."""
+    from src.data.shards import check_n_shards
+    from src.models.memory import model_dims
+    from src.models.toy import TOY_MODELS
+
+    context = settings["context_size"]
+    if context is None:
+        name = settings["model"]
+        dims = TOY_MODELS.get(name) or model_dims(name)
+        context = min(dims.n_ctx, DEFAULT_CONTEXT) if dims is not None else None
+    if context is not None:
+        check_n_shards(n_shards, settings["n_tokens"] // context)
+
+
+def task_threads(launcher: Any, n_shards: int) -> int | None:
+    """torch threads per task: local tasks share this machine's cores; a SLURM task has
+    its --cpus; debug (in this process) and Modal keep torch's default."""
+    import os
+
+    if launcher.name == "local":
+        at_once = min(n_shards, launcher.array_parallelism)
+        return max(1, (os.cpu_count() or 1) // at_once)
+    if launcher.name == "slurm":
+        return launcher.cpus_per_task
+    return None
+
+
+def cache_sharded(
+    settings: dict, out_dir: Path, args: argparse.Namespace, command: str, base: Any
+) -> int:
+    """Run the ``--n-shards`` tasks on the launcher, then merge; 1 if a task failed (its
+    log named; rerunning resumes the others' complete files). On Modal the cache lives on
+    the project's Volume (mounted as data/), so the merge runs there too."""
+    from src.scale.launchers import launcher_from_args, map_tasks
+
+    launcher = launcher_from_args(args, base)
+    check_n_shards_early(settings, args.n_shards)
+    where = task_out_dir(out_dir, launcher.name)
+    threads = task_threads(launcher, args.n_shards)
+    tasks = [
+        {
+            "settings": settings,
+            "index": index,
+            "n_shards": args.n_shards,
+            "out_dir": where,
+            "shard_tokens": args.shard_tokens,
+            "command": command,
+            "threads": threads,
+            "progress": launcher.name != "debug",
+        }
+        for index in range(args.n_shards)
+    ]
+    print(
+        f"caching {settings['n_tokens']} tokens of {settings['model']} in {args.n_shards} "
+        f"shards on launcher {launcher.name} into {out_dir}",
+        file=sys.stderr,
+    )
+    name = f"cache_{out_dir.name}"
+    outcomes = map_tasks(run_shard, tasks, launcher, name)
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    for outcome in failed:
+        log = f" (log: {outcome.log_path})" if outcome.log_path else ""
+        print(f"shard {outcome.item['index']} failed: {outcome.error}{log}", file=sys.stderr)
+    if failed:
+        print(
+            f"{len(failed)} of {args.n_shards} shards failed; rerun the same command to "
+            "finish them (complete files are kept), then it merges",
+            file=sys.stderr,
+        )
+        return 1
+    merge = {"out_dir": where, "command": command}
+    if launcher.name != "modal":
+        merge_task(merge)
+        return 0
+    (outcome,) = map_tasks(merge_task, [merge], launcher, f"{name}_merge")
+    if not outcome.ok:
+        print(f"error: the merge on Modal failed: {outcome.error}", file=sys.stderr)
+        return 1
+    from src.scale.modal_app import VOLUME_NAME
+
+    inside = Path(where).relative_to("data")
+    print(
+        f"the cache is on the Modal Volume {VOLUME_NAME}: modal volume get {VOLUME_NAME} "
+        f"{inside.as_posix()} {out_dir}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def merge_task(task: dict) -> str:
+    """The merge as a task (on Modal, where the shards are): ``merge_shards``."""
+    from src.data.shards import merge_shards
+
+    return str(merge_shards(task["out_dir"], command=task["command"]))
+
+
+def task_out_dir(out_dir: Path, launcher: str) -> str:
+    """The cache folder as the tasks see it: absolute here and on SLURM (a shared file
+    system), relative to the project on Modal, where only data/ persists (the Volume)."""
+    path = out_dir.resolve()
+    if launcher != "modal":
+        return str(path)
+    try:
+        inside = path.relative_to(PROJECT_ROOT)
+    except ValueError:
+        inside = None
+    if inside is None or inside.parts[:1] != ("data",):
+        raise ValueError(
+            f"--launcher modal writes to the Modal Volume mounted as data/: --out-dir must lie "
+            f"in this project's data/, not {out_dir}"
+        )
+    return inside.as_posix()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import shlex
 
-    import torch
-
-    from src.data.activation_cache import cache_activations, cache_name
-    from src.data.text_sources import dataset_short_name
-    from src.models.load import ModelNotAvailableError, parse_dtype
+    from src.data.activation_cache import CacheError
+    from src.data.shards import merge_shards
+    from src.models.load import ModelNotAvailableError
     from src.models.memory import InsufficientMemoryError
     from src.utils.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "scripts/cache_activations.py", *argv])
     out_dir = None
+    status = 0
     try:
+        check_shard_flags(args)
         settings = resolve_settings(args)
-        store_dtype = parse_dtype(settings["dtype"]) if settings["dtype"] else None
-        model, names, tokens = load_inputs(settings)
-        dataset_name = dataset_short_name(settings["dataset"], settings["path"])
-        out_dir = args.out_dir or Path("data/activations") / cache_name(
-            settings["model"], settings["layer"], dataset_name, settings["n_tokens"]
-        )
-        device = next(model.parameters()).device
-        print(
-            f"caching {tokens.numel()} tokens of {settings['model']} at {', '.join(names)} "
-            f"on {device} into {out_dir}",
-            file=sys.stderr,
-        )
-        with torch.no_grad():
-            cache_activations(
-                model,
-                tokens,
-                names,
-                out_dir,
-                batch_size=args.batch_size,
-                dtype=store_dtype,
-                shard_tokens=args.shard_tokens,
-                metadata=cache_metadata(settings, command),
-                progress=True,
-            )
-    except (ConfigError, ValueError, OSError, ModelNotAvailableError, InsufficientMemoryError) as e:
+        _store_dtype(settings)  # a bad --dtype fails before anything loads
+        out_dir = args.out_dir or default_out_dir(settings)
+        if args.merge:
+            merge_shards(out_dir)
+        elif args.shard is not None:
+            check_n_shards_early(settings, args.n_shards)
+            task = {"settings": settings, "index": args.shard, "n_shards": args.n_shards}
+            task |= {"out_dir": out_dir, "shard_tokens": args.shard_tokens, "command": command}
+            print(f"caching shard {args.shard} of {args.n_shards} into {out_dir}", file=sys.stderr)
+            print(run_shard(task | {"progress": True}))
+            return 0  # a shard alone changes nothing the docs list
+        elif args.n_shards is not None:
+            status = cache_sharded(settings, out_dir, args, command, base_launcher(args.config))
+        else:
+            cache_one_process(settings, out_dir, args, command)
+    except (
+        CacheError,
+        ConfigError,
+        ValueError,
+        OSError,
+        ModelNotAvailableError,
+        InsufficientMemoryError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         where = f" in {out_dir}" if out_dir else ""
         print(f"interrupted: complete shards are kept{where}; rerun to resume", file=sys.stderr)
-        refresh_docs(out_dir, sys.stderr)
+        refresh_cache_docs(out_dir)
         return 130
-    refresh_docs(out_dir, sys.stderr)
-    print(out_dir)
-    return 0
+    refresh_cache_docs(out_dir)
+    if status == 0:
+        print(out_dir)
+    return status
+
+
+def refresh_cache_docs(out_dir: Path | None, root: Path = PROJECT_ROOT) -> list[Path]:
+    """Rewrite the Cached Activations list of the docs under ``root`` (CLAUDE.md / AGENTS.md:
+    their generated ``shared-resources`` section, nothing else) when ``out_dir`` is a cache
+    in ``root``'s data/activations/; return the files changed (each written only if its text
+    changed, so a rerun of a complete cache writes nothing).
+
+    Why so narrow: caching used to refresh every generated section, so the docs changed
+    whenever any other section had drifted (results, key files), and a throwaway cache left
+    the tree dirty. What a cache changes is that list, and the list shows data/activations/
+    only: a cache anywhere else (``--out-dir /tmp/...``, a benchmark, a test) leaves the docs
+    alone. Shard tasks never touch them (N tasks would race on the files): the merge does,
+    once the folder has its metadata.json.
+    """
+    import update_docs
+
+    from src.utils.files import write_text_atomic
+
+    if out_dir is None or not (Path(out_dir) / "metadata.json").is_file():
+        return []  # no cache here (yet): shards not merged, or nothing written
+    documented = (root / "data" / "activations").resolve()
+    if Path(out_dir).resolve().parent != documented:
+        return []
+    section = "shared-resources"
+    body = update_docs.SECTIONS[section](root)
+    changed = []
+    for path in (root / doc for doc in update_docs.DOCS):
+        if path.exists():
+            old = path.read_text(encoding="utf-8")
+            new = update_docs.replace_section(old, section, body)
+            if new != old:
+                write_text_atomic(path, new)
+                changed.append(path)
+                print(f"updated {path.relative_to(root)}", file=sys.stderr)
+    return changed
 
 
 def _terminate(signum: int, frame: object) -> None:

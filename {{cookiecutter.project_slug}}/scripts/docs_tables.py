@@ -77,6 +77,13 @@ COMMANDS = [
         "scripts/cache_activations.py",
     ),
     (
+        "Sharded caching: N tasks (--launcher local, slurm, modal; --shard I runs one), "
+        "merged into the cache one process writes (README: Sharded caching)",
+        "python scripts/cache_activations.py --model toy-induction --layer 0 "
+        "--dataset induction --n-tokens 16384 --n-shards 2 --launcher local",
+        "scripts/cache_activations.py",
+    ),
+    (
         "Train an SAE (configs/toy_sae_training.yaml; gpt2-small: --model gpt2-small --layer 8)",
         "python scripts/train_sae.py --model toy-induction --layer 0",
         "scripts/train_sae.py",
@@ -110,7 +117,8 @@ COMMANDS = [
         "scripts/benchmark_patching.py",
     ),
     (
-        "Time activation caching against a bare forward, and its peak memory at two sizes",
+        "Time activation caching against a bare forward, and its peak memory at two sizes "
+        "(--sharded adds 2 shards over 2 local tasks against one process)",
         "python scripts/benchmark_caching.py --model toy",
         "scripts/benchmark_caching.py",
     ),

@@ -79,7 +79,6 @@ def cache_activations(
     naming the field, when ``out_dir`` holds a cache made with different settings.
     """
     out_dir = Path(out_dir)
-    out_dir = Path(out_dir)
     dtype = _check_arguments(model, tokens, hook_names, batch_size, shard_tokens, dtype)
     tokens = tokens.cpu().contiguous()
     n_seq, ctx = tokens.shape
@@ -239,12 +238,32 @@ def _resume_metadata(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] 
     """The metadata of the cache in ``out_dir`` to continue (None: start a new one), after
     checking its settings and shards and removing what an interrupted run left behind."""
     if not (out_dir / METADATA).exists():
+        if out_dir.is_dir() and any(out_dir.glob("task_*.json")):
+            raise CacheError(
+                f"{out_dir}: holds the shards of a sharded cache (task_*.json); finish them and "
+                "merge (cache_activations.py --merge), or delete the folder to start over"
+            )
         if out_dir.is_dir() and any(out_dir.glob("shard_*.safetensors")):
             raise CacheError(
                 f"{out_dir}: has shard files but no {METADATA}; delete the folder to start over"
             )
         return None
     meta = read_metadata(out_dir)
+    check_settings(out_dir, meta, settings)
+    for tmp in out_dir.glob(".*.tmp"):  # left by a killed run
+        tmp.unlink(missing_ok=True)
+    listed = {entry["file"] for entry in meta["shards"]}
+    for shard in out_dir.glob("shard_*.safetensors"):  # written, but not yet in the metadata
+        if shard.name not in listed:
+            shard.unlink()
+    for entry in meta["shards"]:
+        check_shard(out_dir, meta, entry)
+    return meta
+
+
+def check_settings(out_dir: Path, meta: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Raise CacheError, naming the first field that differs, unless the cache (or shard
+    task) metadata ``meta`` in ``out_dir`` was made with ``settings`` (see ``_settings``)."""
     keys = list(SETTINGS) + [k for k in settings if k not in SETTINGS]
     for key in keys:
         if meta.get(key) != settings.get(key):
@@ -255,12 +274,3 @@ def _resume_metadata(out_dir: Path, settings: dict[str, Any]) -> dict[str, Any] 
             raise CacheError(
                 f"{out_dir}: holds a cache made with {what}; delete it or choose another folder"
             )
-    for tmp in out_dir.glob(".*.tmp"):  # left by a killed run
-        tmp.unlink(missing_ok=True)
-    listed = {entry["file"] for entry in meta["shards"]}
-    for shard in out_dir.glob("shard_*.safetensors"):  # written, but not yet in the metadata
-        if shard.name not in listed:
-            shard.unlink()
-    for entry in meta["shards"]:
-        check_shard(out_dir, meta, entry)
-    return meta

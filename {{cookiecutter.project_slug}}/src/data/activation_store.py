@@ -79,9 +79,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def write_metadata(out_dir: Path, meta: dict) -> None:
-    """Write ``meta`` as the cache's metadata.json, atomically."""
-    write_text_atomic(out_dir / METADATA, json.dumps(meta, indent=2) + "\n")
+def write_metadata(out_dir: Path, meta: dict, name: str = METADATA) -> None:
+    """Write ``meta`` as the cache's metadata.json (or the file ``name``), atomically."""
+    write_text_atomic(out_dir / name, json.dumps(meta, indent=2) + "\n")
 
 
 def read_metadata(out_dir: Path) -> dict[str, Any]:

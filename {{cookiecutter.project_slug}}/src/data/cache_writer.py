@@ -13,7 +13,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
-from src.data.activation_store import SHARD, TOKENS_KEY, write_metadata
+from src.data.activation_store import METADATA, SHARD, TOKENS_KEY, write_metadata
 from src.utils.files import write_atomic
 
 _LEVELS = itertools.count(start=-(2 * 10**9), step=-1)  # hook levels of our own
@@ -63,8 +63,13 @@ class ShardWriter:
     overlap the next forwards. At most one full shard waits in the queue: memory stays flat.
     The thread is not a daemon: a shard being written is finished even on Ctrl-C."""
 
-    def __init__(self, out_dir: Path, meta: dict) -> None:
-        self.out_dir, self.meta = out_dir, meta
+    def __init__(
+        self, out_dir: Path, meta: dict, name: str = METADATA, n_tokens: int | None = None
+    ) -> None:
+        """``meta`` is written to ``out_dir / name`` after each shard, ``complete`` once it
+        lists ``n_tokens`` tokens (default: ``meta["n_tokens"]``; a shard task's are fewer)."""
+        self.out_dir, self.meta, self.name = out_dir, meta, name
+        self.n_tokens = meta["n_tokens"] if n_tokens is None else n_tokens
         self.error: BaseException | None = None
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._run, name="shard-writer")
@@ -108,5 +113,5 @@ class ShardWriter:
         meta = self.meta
         meta["shards"].append({"file": path.name, "n_sequences": n, "bytes": path.stat().st_size})
         meta["tokens_done"] += n * meta["context_size"]
-        meta["complete"] = meta["tokens_done"] == meta["n_tokens"]
-        write_metadata(self.out_dir, meta)
+        meta["complete"] = meta["tokens_done"] == self.n_tokens
+        write_metadata(self.out_dir, meta, self.name)
