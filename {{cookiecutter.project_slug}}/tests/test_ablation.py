@@ -158,7 +158,7 @@ def test_runner_reports_effects_with_cis(toy_model, tmp_path):
     from src.experiments.registry import experiment_config
 
     config = experiment_config().model_validate({
-        "experiment": {"name": "abl"}, "model": {"name": "toy-induction"},
+        "experiment": {"name": "ablation"}, "model": {"name": "toy-induction"},
         "data": {"dataset": "induction", "n_samples": 12, "seq_length": 21},
         "ablation": {"ablation": "resample", "n_resamples": 3, "components": ["head_out"]},
         "output": {"results_dir": str(tmp_path)},
@@ -182,7 +182,7 @@ def test_runner_ablates_together(toy_model, tmp_path):
     from src.experiments.registry import experiment_config
 
     config = experiment_config().model_validate({
-        "experiment": {"name": "abl"}, "model": {"name": "toy-induction"},
+        "experiment": {"name": "ablation"}, "model": {"name": "toy-induction"},
         "data": {"dataset": "induction", "n_samples": 12, "seq_length": 21},
         "ablation": {"ablation": "zero", "layers": [1], "together": True,
                      "components": ["head_out"]},

@@ -204,10 +204,12 @@ def test_values_with_one_folder_name_get_distinct_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_sae_array_trains_one_loadable_sae_per_point(tmp_path, capsys):
+def test_sae_array_trains_one_loadable_sae_per_point(tmp_path, capsys, monkeypatch):
     """Two k at one layer (one shared activation cache, made by the first point) on the debug
     executor: SAELens loads each saved SAE, the summary has L0 = k."""
     from sae_lens import SAE
+
+    monkeypatch.chdir(tmp_path)  # the activation cache (data/activations/...) goes here
 
     path = write_config(tmp_path, "toy_sae_training_sweep", sweep={"sae.k": [2, 4]})
     argv = ["--config", str(path), "--launcher", "debug", "--launcher-folder", str(tmp_path / "l")]
