@@ -156,9 +156,11 @@ def test_runner_lists_the_key_paths(toy_model, previous, tmp_path):
     })  # fmt: skip
     results = run_path_patching_experiment(toy_model, previous, config, batch_size=8)
     top = results["paths"]["top"]
-    assert [entry["path"] for entry in top[:3]] == [
-        "a0.h2 -> a1.h1.k", "a0.h2 -> a1.h0.k", "a0.h2 -> a1.h2.k"
-    ]  # fmt: skip
+    # the previous-token head into three induction heads' keys (their order varies with the
+    # toy's training: h1, h0, h2 under transformer-lens 3.9; h0, h1, h2 under 4.3)
+    assert {entry["path"] for entry in top[:3]} == {
+        "a0.h2 -> a1.h0.k", "a0.h2 -> a1.h1.k", "a0.h2 -> a1.h2.k"
+    }  # fmt: skip
     assert all(entry["low"] <= entry["mean"] <= entry["high"] for entry in top)
     assert results["top_path_effect"] == top[0]["mean"] > 0.3
     from src.visualization.figures import draw_figures
